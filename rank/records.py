@@ -1,0 +1,281 @@
+"""The records that flow between stages, defined once (DESIGN.md §3).
+
+Every stage reads and writes JSON Lines of these records. Reading validates each row
+and raises `RecordError` naming the file, the line and the field, so a bad row in a
+10 GB file is found at once and nothing already written is lost.
+
+Only the standard library is used here: sandbox workers import this module.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, TypeVar
+
+STATUSES = (
+    "passed", "partial", "failed", "runtime_error", "compile_error",
+    "timeout", "memory", "sandbox_error",
+)
+ROLES = ("teacher", "student")
+
+
+class RecordError(ValueError):
+    """A row that does not match its record type: names file, line and field."""
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
+                 field: str | None = None):
+        self.file, self.line, self.field = file, line, field
+        where = ":".join(str(p) for p in (file, line) if p is not None)
+        prefix = f"{where}: " if where else ""
+        fld = f"field '{field}': " if field else ""
+        super().__init__(f"{prefix}{fld}{message}")
+
+
+def content_id(*parts: Any) -> str:
+    """A stable 16-hex-digit id from the JSON of `parts` (content hashing, DESIGN.md §3)."""
+    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Lineage:
+    parent: str | None = None      # id of the problem this one was evolved from
+    round: int = 0                 # evolution round (0 = seed)
+    operator: str | None = None    # evolution operator that produced it
+    source: str = "seed"           # where the root came from ("tasks", "humaneval", a file ...)
+
+
+@dataclass
+class Problem:
+    """A programming problem: NL spec + signature, and tests.
+
+    `tests` are independent snippets (each one passes or fails on its own); a
+    HumanEval-style problem puts its `check(candidate)` function in `test` instead.
+    """
+    id: str
+    prompt: str
+    entry_point: str
+    tests: list[str] = field(default_factory=list)
+    test: str | None = None
+    reference: str | None = None
+    lineage: Lineage = field(default_factory=Lineage)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @staticmethod
+    def make_id(prompt: str, entry_point: str) -> str:
+        return content_id("problem", prompt, entry_point)
+
+
+@dataclass
+class Candidate:
+    id: str
+    problem_id: str
+    model: str
+    role: str                      # "teacher" | "student"
+    text: str                      # raw model output
+    code: str                      # extracted program
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @staticmethod
+    def make_id(problem_id: str, model: str, params: dict, index: int) -> str:
+        return content_id("candidate", problem_id, model, params, index)
+
+
+@dataclass
+class Verdict:
+    candidate_id: str
+    status: str                    # one of STATUSES
+    passed: int
+    total: int
+    duration_s: float = 0.0
+    stdout: str = ""
+    error: str = ""
+
+
+@dataclass
+class ScoredResponse:
+    candidate_id: str
+    model: str
+    role: str
+    code: str
+    score: float                   # higher is better
+    status: str
+    passed: int = 0
+    total: int = 0
+
+
+@dataclass
+class RankedGroup:
+    problem_id: str
+    prompt: str
+    strategy: str
+    responses: list[ScoredResponse]   # sorted best first
+
+
+# ---------------------------------------------------------------- validation
+
+def _check(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against annotation `tp`; convert nested dataclasses. Raises TypeError(where, msg)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _check(value, a, where)
+            except _FieldError as e:
+                errors.append(e)
+        raise errors[0] if errors else _FieldError(where, f"unexpected null")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise _FieldError(where, f"expected an object, got {type(value).__name__}")
+        return _from_dict(tp, value, prefix=where + ".")
+    if origin is list:
+        if not isinstance(value, list):
+            raise _FieldError(where, f"expected a list, got {type(value).__name__}")
+        (inner,) = typing.get_args(tp) or (Any,)
+        return [_check(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _FieldError(where, f"expected an object, got {type(value).__name__}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _FieldError(where, f"expected a number, got {type(value).__name__}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _FieldError(where, f"expected an integer, got {type(value).__name__}")
+        return value
+    if isinstance(tp, type):
+        if not isinstance(value, tp):
+            raise _FieldError(where, f"expected {tp.__name__}, got {type(value).__name__}")
+        return value
+    return value
+
+
+class _FieldError(Exception):
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field, self.message = field, message
+
+
+T = TypeVar("T")
+
+
+def _from_dict(cls: type[T], row: dict, prefix: str = "") -> T:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(row) - names)
+    if unknown:
+        raise _FieldError(prefix + unknown[0], f"unknown field for {cls.__name__} "
+                          f"(known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        where = prefix + f.name
+        if f.name not in row:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise _FieldError(where, f"missing (required by {cls.__name__})")
+            continue
+        kwargs[f.name] = _check(row[f.name], hints[f.name], where)
+    return cls(**kwargs)
+
+
+def _validate_semantics(obj: Any) -> None:
+    if isinstance(obj, Verdict):
+        if obj.status not in STATUSES:
+            raise _FieldError("status", f"{obj.status!r} is not one of {', '.join(STATUSES)}")
+        if not 0 <= obj.passed <= obj.total:
+            raise _FieldError("passed", f"must be within 0..total ({obj.total}), got {obj.passed}")
+    if isinstance(obj, Candidate) and obj.role not in ROLES:
+        raise _FieldError("role", f"{obj.role!r} is not one of {', '.join(ROLES)}")
+    if isinstance(obj, Problem):
+        if not obj.tests and not obj.test:
+            raise _FieldError("tests", "a problem needs 'tests' (snippets) or 'test' (a check function)")
+        if not obj.entry_point.isidentifier():
+            raise _FieldError("entry_point", f"{obj.entry_point!r} is not a Python identifier")
+
+
+def from_dict(cls: type[T], row: Any, *, file: str | None = None, line: int | None = None) -> T:
+    """Build record `cls` from a parsed JSON object, or raise RecordError naming file/line/field."""
+    if not isinstance(row, dict):
+        raise RecordError(f"expected a JSON object, got {type(row).__name__}", file=file, line=line)
+    try:
+        obj = _from_dict(cls, row)
+        _validate_semantics(obj)
+        return obj
+    except _FieldError as e:
+        raise RecordError(e.message, file=file, line=line, field=e.field) from None
+
+
+def to_dict(obj: Any) -> dict:
+    return dataclasses.asdict(obj)
+
+
+# ---------------------------------------------------------------- files
+
+def iter_jsonl(path: str | os.PathLike, cls: type[T] | None = None) -> Iterator[T]:
+    """Yield rows of a JSON Lines file, as `cls` records if given, validating each."""
+    path = str(path)
+    with open(path, encoding="utf-8") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise RecordError(f"invalid JSON: {e.msg} (column {e.colno})", file=path, line=lineno) from None
+            yield from_dict(cls, row, file=path, line=lineno) if cls is not None else row
+
+
+def read_jsonl(path: str | os.PathLike, cls: type[T] | None = None) -> list[T]:
+    return list(iter_jsonl(path, cls))
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> int:
+    """Write rows (records or dicts) atomically: a temp file in the same folder, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    n = 0
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            for r in rows:
+                d = r if isinstance(r, dict) else dataclasses.asdict(r)
+                fh.write(json.dumps(d, ensure_ascii=False) + "\n")
+                n += 1
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return n
+
+
+def append_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> None:
+    """Append whole lines and flush: used by resumable writers (a crash loses at most a partial last line,
+    which readers of resumable outputs skip with `iter_jsonl_resumable`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        for r in rows:
+            d = r if isinstance(r, dict) else dataclasses.asdict(r)
+            fh.write(json.dumps(d, ensure_ascii=False) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
