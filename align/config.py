@@ -1,0 +1,187 @@
+"""Typed configs from YAML presets plus `key.sub=value` overrides.
+
+A config is a tree of dataclasses. Loading is strict: an unknown key is an error that names
+the file and line (or the override) and suggests the closest known key; a wrong type is an
+error naming the field. Nothing heavy is imported here, so a bad config fails in milliseconds,
+before any model loads.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from rank.plugins import suggest
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads 1e-5 as a float (PyYAML follows YAML 1.1, which needs '1.0e-5')."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _safe_load(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
+def _lines(node: Any, prefix: str = "", out: dict | None = None) -> dict[str, int]:
+    """Map dotted key paths to 1-based line numbers from a composed YAML node."""
+    out = {} if out is None else out
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            path = f"{prefix}{k.value}"
+            out[path] = k.start_mark.line + 1
+            _lines(v, path + ".", out)
+    return out
+
+
+def load_yaml(path: str | Path) -> tuple[dict, dict[str, int]]:
+    """Read a YAML mapping and the line of every key."""
+    text = Path(path).read_text()
+    try:
+        data = _safe_load(text) or {}
+        node = yaml.compose(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data, _lines(node) if node is not None else {}
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            if type(None) in typing.get_args(tp):
+                return None
+            raise ConfigError(f"{where}: may not be null")
+        last: Exception | None = None
+        for a in args:
+            try:
+                return _coerce(value, a, where)
+            except ConfigError as e:
+                last = e
+        raise last  # type: ignore[misc]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return build(tp, value, where=where + ".")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (inner,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if typing.get_origin(tp) is typing.Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, typing.get_args(tp)))}")
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(tp, type) and not isinstance(value, tp) or (tp in (int, float) and isinstance(value, bool)):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def build(cls: type[T], data: dict, where: str = "") -> T:
+    """Build dataclass `cls` from a mapping; unknown keys are errors with a suggestion."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in data:
+        if key not in fields:
+            raise ConfigError(f"{where}{key}: unknown key{suggest(str(key), fields)}; "
+                              f"known keys here: {', '.join(fields)}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where.rstrip('.') or cls.__name__}: {e}") from None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'train.args.learning_rate=1e-5' -> (['train', 'args', 'learning_rate'], 1e-05)."""
+    key, eq, raw = text.partition("=")
+    if not eq or not key.strip():
+        raise ConfigError(f"override {text!r}: expected key.sub=value")
+    try:
+        value = _safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_override(data: dict, path: list[str], value: Any) -> None:
+    node = data
+    for p in path[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {'.'.join(path)}: {p} is not a mapping")
+    node[path[-1]] = value
+
+
+def merge(base: dict, top: dict) -> dict:
+    """Deep merge: mappings merge key by key, everything else is replaced."""
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load(cls: type[T], files: list[str | Path], overrides: list[str] = ()) -> T:
+    """Load `cls` from YAML files (later ones win) then overrides; errors name file:line or the override."""
+    data: dict = {}
+    for f in files:
+        layer, lines = load_yaml(f)
+        try:
+            build(cls, merge(data, layer))
+        except ConfigError as e:
+            key = str(e).split(":", 1)[0]
+            line = lines.get(key.split("[")[0])
+            raise ConfigError(f"{f}:{line}: {e}" if line else f"{f}: {e}") from None
+        data = merge(data, layer)
+    for o in overrides:
+        path, value = parse_override(o)
+        apply_override(data, path, value)
+        try:
+            build(cls, data)
+        except ConfigError as e:
+            raise ConfigError(f"override {o!r}: {e}") from None
+    return build(cls, data)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def check_keys(target: type, data: dict, where: str) -> None:
+    """Check a pass-through mapping against another library's dataclass (TrainingArguments, DPOConfig...)."""
+    names = {f.name for f in dataclasses.fields(target)}
+    for key in data:
+        if key not in names:
+            raise ConfigError(f"{where}.{key}: not a field of {target.__name__}{suggest(key, names)}")

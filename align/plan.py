@@ -1,0 +1,66 @@
+"""`--dry-run`: the resolved plan of a loop recipe, with DeepSpeed's per-GPU memory estimate.
+
+Nothing is downloaded: parameter counts come from the registry's architecture numbers.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from align.pipeline_config import RunConfig
+
+_ZERO_STAGE = {"zero2": 2, "zero3": 3, "zero3_offload": 3}
+
+
+def _model_line(ref: str) -> str:
+    from align.models import lookup, UnknownModelError  # noqa: F401
+
+    if ref.startswith("tiny:"):
+        return f"{ref}: embedded tiny GPTBigCode, built locally (align.tiny)"
+    try:
+        e = lookup(ref)
+    except Exception:
+        local = Path(ref).exists()
+        return f"{ref}: {'local path' if local else 'hub id (not in the registry; loaded as given)'}"
+    return f"{ref}: {e.hub_id} ({e.architecture})"
+
+
+def describe(cfg: RunConfig) -> str:
+    from align.models import estimate_memory, lookup
+
+    t = cfg.train
+    a = t.args
+    per_dev = a.get("per_device_train_batch_size", 8)
+    accum = a.get("gradient_accumulation_steps", 1)
+    gpus = t.num_gpus_per_node * t.num_nodes if t.launcher != "inprocess" else 1
+    stage = _ZERO_STAGE.get(t.deepspeed or "", 0)
+    lines = [f"plan for {cfg.name} ({cfg.method}, base {cfg.base})", "",
+             "models:"] + [f"  {_model_line(r)}" for r in [cfg.models.student, *cfg.models.teachers]]
+    src = cfg.data.source
+    seeds = f"{cfg.data.n_train} built-in tasks" if src == "tasks" else src
+    if src not in ("tasks",) and ":" not in src and not Path(src).exists():
+        seeds += "  (MISSING: set data.source=PATH before a real run)"
+    k = cfg.sample.student.n + cfg.sample.teacher.n * len(cfg.models.teachers)
+    lines += ["", "data:", f"  seeds: {seeds}; Evol-Instruct rounds: {cfg.evolve.rounds}",
+              f"  samples per problem: {k} (student {cfg.sample.student.n}, "
+              f"{len(cfg.models.teachers)} teacher(s) x {cfg.sample.teacher.n}) via {cfg.sample.backend}",
+              f"  ranking: {cfg.rank.strategy}; sandbox workers per task: {cfg.execute.workers}",
+              "", "training:",
+              f"  loss/method: {cfg.method} ({t.loss}); launcher: {t.launcher} x {t.num_workers}",
+              f"  global batch: {per_dev} per device x {accum} accumulation x {gpus} GPU(s) = {per_dev * accum * gpus} prompts",
+              f"  DeepSpeed: {t.deepspeed or 'off'} (ZeRO stage {stage}); LoRA: {'on' if t.lora else 'off'}",
+              f"  epochs: {a.get('num_train_epochs', 'default')}; lr: {a.get('learning_rate', 'default')}; "
+              f"bf16: {a.get('bf16', False)}"]
+    if not cfg.models.student.startswith("tiny:"):
+        try:
+            entry = lookup(cfg.models.student)
+        except Exception as e:
+            lines += ["", f"memory estimate: unavailable ({e})"]
+        else:
+            est = estimate_memory(entry, zero_stage=max(stage, 2) if stage else 2,
+                                  num_gpus_per_node=t.num_gpus_per_node, num_nodes=t.num_nodes,
+                                  offload=t.deepspeed == "zero3_offload")
+            lines += ["", "memory estimate (DeepSpeed's estimator, model states only; activations extra):",
+                      *(f"  {line}" for line in yaml.safe_dump(est, sort_keys=False).splitlines())]
+    return "\n".join(lines)

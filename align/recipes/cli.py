@@ -1,0 +1,70 @@
+"""Command-line handling shared by the loop recipes: presets, overrides, --dry-run."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from align.config import ConfigError, load
+from align.pipeline_config import RunConfig
+from rank.plugins import suggest
+
+RECIPES = Path(os.environ.get("RRTF_RECIPES", Path(__file__).resolve().parents[2] / "recipes"))
+
+
+def bases() -> list[str]:
+    return sorted(p.name for p in RECIPES.iterdir() if p.is_dir()) if RECIPES.is_dir() else []
+
+
+def preset_path(base: str, method: str) -> Path:
+    path = RECIPES / base / f"{method}.yaml"
+    if not path.exists():
+        known = [b for b in bases() if (RECIPES / b / f"{method}.yaml").exists()]
+        raise ConfigError(f"no preset {path} for --base {base!r}{suggest(base, known)}; "
+                          f"bases with a {method} preset: {', '.join(known) or 'none'}")
+    return path
+
+
+def parser(method: str, doc: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"python -m align.recipes.{method}", description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Overrides: any config field as section.key=value, e.g.\n"
+                                       "  train.args.learning_rate=1e-5 sample.student.n=8 evolve.rounds=2\n"
+                                       f"Presets: {RECIPES}/<base>/{method}.yaml")
+    p.add_argument("--base", default="tiny", help="model family preset (default: tiny, the embedded CPU loop)")
+    p.add_argument("--config", action="append", default=[], metavar="YAML",
+                   help="extra YAML layered over the preset (repeatable)")
+    p.add_argument("--run-dir", default=None, help="run directory (default: runs/<name>)")
+    p.add_argument("--ray-address", default=None, help="Ray cluster to join ('auto' on a cluster)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved plan and a per-GPU memory estimate; load no weights")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value")
+    return p
+
+
+def load_config(method: str, args: argparse.Namespace) -> RunConfig:
+    files = [preset_path(args.base, method), *args.config]
+    overrides = list(args.overrides)
+    if args.ray_address:
+        overrides.append(f"ray_address={args.ray_address}")
+    cfg = load(RunConfig, files, overrides)
+    check_passthrough(cfg)
+    return cfg
+
+
+def check_passthrough(cfg: RunConfig) -> None:
+    """Check mappings handed to other libraries' dataclasses before anything loads."""
+    from align.config import check_keys
+
+    if cfg.tiny:
+        from align.tiny import TinyConfig
+        check_keys(TinyConfig, cfg.tiny, "tiny")
+    if cfg.train.loss_args:
+        from align.train.losses import RankLossConfig
+        check_keys(RankLossConfig, cfg.train.loss_args, "train.loss_args")
+    if cfg.train.args:
+        from transformers import TrainingArguments
+        check_keys(TrainingArguments, cfg.train.args, "train.args")
+    if cfg.train.lora:
+        from peft import LoraConfig
+        check_keys(LoraConfig, cfg.train.lora, "train.lora")

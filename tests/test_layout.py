@@ -1,0 +1,67 @@
+"""The dependency direction of DESIGN.md §2: align -> evol -> rank; rank is standard library only."""
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STDLIB = set(sys.stdlib_module_names)
+
+
+def _module_level_imports(path: Path) -> set[str]:
+    """Top-level package names imported at module level (not inside functions)."""
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+        elif isinstance(node, (ast.If, ast.Try)):
+            for sub in ast.walk(node):
+                if isinstance(sub, ast.Import):
+                    names |= {a.name.split(".")[0] for a in sub.names}
+                elif isinstance(sub, ast.ImportFrom) and sub.level == 0 and sub.module:
+                    names.add(sub.module.split(".")[0])
+    return names
+
+
+def _all_imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_rank_imports_only_stdlib_at_module_level():
+    for f in (ROOT / "rank").rglob("*.py"):
+        bad = _module_level_imports(f) - STDLIB - {"rank"}
+        assert not bad, f"{f.relative_to(ROOT)} imports {bad} at module level"
+
+
+def test_rank_never_imports_align_or_evol():
+    for f in (ROOT / "rank").rglob("*.py"):
+        bad = _all_imports(f) & {"align", "evol", "torch", "transformers"}
+        assert not bad, f"{f.relative_to(ROOT)} imports {bad}"
+
+
+def test_evol_never_imports_align_or_torch():
+    for f in (ROOT / "evol").rglob("*.py"):
+        bad = _all_imports(f) & {"align", "torch", "transformers", "trl", "deepspeed"}
+        assert not bad, f"{f.relative_to(ROOT)} imports {bad}"
+
+
+def test_importing_rank_loads_no_torch():
+    code = ("import sys, rank.records, rank.sandbox, rank.strategies, rank.extract, rank.execute; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_importing_config_and_recipe_cli_is_light():
+    code = "import sys, align.config, align.recipes.cli, align.pipeline_config; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "False"
