@@ -152,8 +152,9 @@ def merge(base: dict, top: dict) -> dict:
 def load(cls: type[T], files: list[str | Path], overrides: list[str] = ()) -> T:
     """Load `cls` from YAML files (later ones win) then overrides; errors name file:line or the override."""
     data: dict = {}
-    for f in files:
+    for f in expand_defaults(files):
         layer, lines = load_yaml(f)
+        layer.pop("defaults", None)
         try:
             build(cls, merge(data, layer))
         except ConfigError as e:
@@ -169,6 +170,21 @@ def load(cls: type[T], files: list[str | Path], overrides: list[str] = ()) -> T:
         except ConfigError as e:
             raise ConfigError(f"override {o!r}: {e}") from None
     return build(cls, data)
+
+
+def expand_defaults(files: list[str | Path], _seen: tuple = ()) -> list[Path]:
+    """A file may start with `defaults: [other.yaml, ...]` (relative to itself): those load first."""
+    out: list[Path] = []
+    for f in map(Path, files):
+        if f.resolve() in _seen:
+            raise ConfigError(f"{f}: 'defaults' loop through {' -> '.join(map(str, _seen))}")
+        data, _ = load_yaml(f)
+        parents = data.get("defaults") or []
+        if not isinstance(parents, list):
+            raise ConfigError(f"{f}: 'defaults' must be a list of YAML paths")
+        out += expand_defaults([f.parent / p for p in parents], _seen + (f.resolve(),))
+        out.append(f)
+    return out
 
 
 def to_dict(cfg: Any) -> dict:

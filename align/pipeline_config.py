@@ -71,6 +71,7 @@ class RankConfig:
 class TrainConfig:
     loss: str = "rrtf"               # rrtf | rrhf (align.train.losses) for the rank recipes
     dataset: str | None = None       # training-set builder (align.train.datasets); None = the method's default
+    init_from: str | None = None     # start from another method's output in this run dir (e.g. "sft"), or a path
     loss_args: dict[str, Any] = field(default_factory=dict)   # -> align.train.losses.RankLossConfig
     args: dict[str, Any] = field(default_factory=dict)        # -> transformers.TrainingArguments
     trl: dict[str, Any] = field(default_factory=dict)         # -> trl.DPOConfig / trl.SFTConfig
@@ -90,7 +91,7 @@ class EvalConfig:
 
 @dataclass
 class RunConfig:
-    name: str = "tiny-rrtf"
+    name: str = "tiny"
     base: str = "tiny"
     method: str = "rrtf"
     ray_address: str | None = None   # None: start Ray on this machine; "auto": join a cluster

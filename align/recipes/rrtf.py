@@ -65,8 +65,8 @@ def train_step(cfg: RunConfig, groups: list[RankedGroup], student: str, out_dir:
     return {"rows": len(rows), **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
 
 
-def main(argv: list[str] | None = None, method: str = "rrtf") -> dict:
-    p = cli.parser(method, __doc__)
+def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__) -> dict:
+    p = cli.parser(method, doc)
     args = p.parse_args(argv)
     try:
         cfg = cli.load_config(method, args)

@@ -1,0 +1,57 @@
+"""The whole loop end to end on a CI-sized tiny configuration, and its resumability."""
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from align.recipes import rrtf
+
+CI = [
+    # small tiny models (the ci preset's sizes), few problems, short generations
+    "tiny.n_layer=2", "tiny.n_embd=64", "tiny.n_train_problems=600", "tiny.student_steps=40",
+    "tiny.teacher_steps=80", "tiny.batch_size=16",
+    "data.n_train=12", "data.n_heldout=8", "evolve.rounds=1",
+    "sample.student.n=2", "sample.teacher.n=2", "sample.student.max_new_tokens=48",
+    "sample.teacher.max_new_tokens=48", "sample.shard_size=8",
+    "train.args.num_train_epochs=1", "train.args.per_device_train_batch_size=4",
+    "eval.max_new_tokens=48", "rank.strategy=pass_rate",
+]
+
+
+@pytest.mark.slow
+def test_tiny_loop_end_to_end_then_resumes(tmp_path, monkeypatch):
+    monkeypatch.setenv("RRTF_TINY_CACHE", str(tmp_path / "cache"))
+    run_dir = tmp_path / "run"
+    res = rrtf.main(["--base", "tiny", "--run-dir", str(run_dir), *CI])
+    for name in ["config.yaml", "problems.jsonl", "heldout.jsonl", "rejected.jsonl", "candidates.jsonl",
+                 "verdicts.jsonl", "ranked.jsonl", "eval.json", "report.md", "eval.png", "train/rrtf"]:
+        assert (run_dir / name).exists(), name
+    ev = json.loads((run_dir / "eval.json").read_text())
+    for k in ("student_before", "student_after", "teacher"):
+        assert 0.0 <= ev[k]["pass@1"] <= 1.0
+    assert res["student_after"] == ev["student_after"]
+    # lineage on evolved problems
+    rows = [json.loads(l) for l in (run_dir / "problems.jsonl").read_text().splitlines()]
+    assert any(r["lineage"]["round"] == 1 and r["lineage"]["parent"] for r in rows)
+
+    t0 = time.time()
+    rrtf.main(["--base", "tiny", "--run-dir", str(run_dir), *CI])
+    assert time.time() - t0 < 60
+    stages = {p.stem: json.loads(p.read_text()) for p in (run_dir / "stages").glob("*.json")}
+    assert {"problems", "sample", "execute", "rank", "train-rrtf"} <= set(stages)
+
+
+def test_dry_run_plans_starcoder_without_weights(capsys):
+    rrtf.main(["--base", "starcoder-15b", "--dry-run"])
+    out = capsys.readouterr().out
+    assert "bigcode/starcoder" in out and "ZeRO stage 3" in out
+    assert "global batch: 4 per device x 16 accumulation x 8 GPU(s) = 512" in out
+    assert "per GPU" in out or "per_gpu" in out
+
+
+def test_bad_override_fails_before_anything_loads(capsys):
+    with pytest.raises(SystemExit) as e:
+        rrtf.main(["--base", "tiny", "sample.studnt.n=3"])
+    assert e.value.code == 2
+    assert "did you mean 'student'" in capsys.readouterr().err
