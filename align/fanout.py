@@ -21,12 +21,16 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     ray.init(**kwargs)
 
 
+def _apply(fn: Callable[[list], list], shard: list) -> list:
+    return fn(shard)
+
+
 def ray_map(fn: Callable[[list], list], shards: list[list], num_cpus: float = 1) -> Iterator[tuple[int, list]]:
     """Run `fn` on each shard as a Ray task; yield (index, result) as each one finishes."""
     import ray
 
-    remote = ray.remote(num_cpus=num_cpus)(fn)
-    refs = {remote.remote(s): i for i, s in enumerate(shards)}
+    remote = ray.remote(num_cpus=num_cpus)(_apply)   # fn may be a partial, which ray.remote refuses
+    refs = {remote.remote(fn, s): i for i, s in enumerate(shards)}
     while refs:
         done, _ = ray.wait(list(refs), num_returns=1)
         for r in done:

@@ -70,7 +70,8 @@ class RankConfig:
 @dataclass
 class TrainConfig:
     loss: str = "rrtf"               # rrtf | rrhf (align.train.losses) for the rank recipes
-    dataset: str | None = None       # training-set builder (align.train.datasets); None = the method's default
+    dataset: str | None = None       # training-set builder (align.train.datasets.BUILDERS); None = the method's
+    dataset_args: dict[str, Any] = field(default_factory=dict)  # builder options, e.g. {pairing: best_vs_worst}
     init_from: str | None = None     # start from another method's output in this run dir (e.g. "sft"), or a path
     loss_args: dict[str, Any] = field(default_factory=dict)   # -> align.train.losses.RankLossConfig
     args: dict[str, Any] = field(default_factory=dict)        # -> transformers.TrainingArguments

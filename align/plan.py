@@ -6,31 +6,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
 from align.pipeline_config import RunConfig
 
 _ZERO_STAGE = {"zero2": 2, "zero3": 3, "zero3_offload": 3}
 
 
 def _model_line(ref: str) -> str:
-    from align.models import lookup, UnknownModelError  # noqa: F401
+    from align.models import REGISTRY
 
     if ref.startswith("tiny:"):
         return f"{ref}: embedded tiny GPTBigCode, built locally (align.tiny)"
-    try:
-        e = lookup(ref)
-    except Exception:
-        local = Path(ref).exists()
-        return f"{ref}: {'local path' if local else 'hub id (not in the registry; loaded as given)'}"
-    return f"{ref}: {e.hub_id} ({e.architecture})"
+    if ref not in REGISTRY:
+        return f"{ref}: {'local path' if Path(ref).exists() else 'hub id (not in the registry; loaded as given)'}"
+    e = REGISTRY[ref]
+    return f"{ref}: {e.hub_id} ({e.architecture}, {e.n_layer} layers, hidden {e.hidden_size})"
 
 
 def describe(cfg: RunConfig) -> str:
-    from align.models import estimate_memory, lookup
+    from align.models import estimate_memory
 
     t = cfg.train
-    a = t.args
+    a = {**t.args, **t.trl}   # TRL's configs extend TrainingArguments
     per_dev = a.get("per_device_train_batch_size", 8)
     accum = a.get("gradient_accumulation_steps", 1)
     gpus = t.num_gpus_per_node * t.num_nodes if t.launcher != "inprocess" else 1
@@ -47,20 +43,25 @@ def describe(cfg: RunConfig) -> str:
               f"{len(cfg.models.teachers)} teacher(s) x {cfg.sample.teacher.n}) via {cfg.sample.backend}",
               f"  ranking: {cfg.rank.strategy}; sandbox workers per task: {cfg.execute.workers}",
               "", "training:",
-              f"  loss/method: {cfg.method} ({t.loss}); launcher: {t.launcher} x {t.num_workers}",
+              f"  method: {cfg.method}" + (f" (loss {t.loss})" if cfg.method in ("rrtf", "rrhf") else " (TRL)")
+              + f"; launcher: {t.launcher} x {t.num_workers}",
               f"  global batch: {per_dev} per device x {accum} accumulation x {gpus} GPU(s) = {per_dev * accum * gpus} prompts",
               f"  DeepSpeed: {t.deepspeed or 'off'} (ZeRO stage {stage}); LoRA: {'on' if t.lora else 'off'}",
               f"  epochs: {a.get('num_train_epochs', 'default')}; lr: {a.get('learning_rate', 'default')}; "
               f"bf16: {a.get('bf16', False)}"]
     if not cfg.models.student.startswith("tiny:"):
-        try:
-            entry = lookup(cfg.models.student)
-        except Exception as e:
-            lines += ["", f"memory estimate: unavailable ({e})"]
+        from align.models import REGISTRY
+        entry = REGISTRY.get(cfg.models.student)
+        if entry is None:
+            lines += ["", f"memory estimate: unavailable ({cfg.models.student!r} is not in the registry)"]
         else:
-            est = estimate_memory(entry, zero_stage=max(stage, 2) if stage else 2,
-                                  num_gpus_per_node=t.num_gpus_per_node, num_nodes=t.num_nodes,
-                                  offload=t.deepspeed == "zero3_offload")
-            lines += ["", "memory estimate (DeepSpeed's estimator, model states only; activations extra):",
-                      *(f"  {line}" for line in yaml.safe_dump(est, sort_keys=False).splitlines())]
+            est = estimate_memory(entry, zero_stage=stage or 2, num_gpus_per_node=t.num_gpus_per_node,
+                                  num_nodes=t.num_nodes, offload=t.deepspeed == "zero3_offload")
+            lines += ["", f"memory estimate, ZeRO stage {est['zero_stage']} (DeepSpeed's estimator; model "
+                      "states only, activations extra):",
+                      f"  parameters: {est['total_params'] / 1e9:.2f}B "
+                      f"(largest layer {est['largest_layer_params'] / 1e6:.0f}M)",
+                      f"  per GPU: {est['gpu_gib_per_gpu']} GiB; CPU per node: {est['cpu_gib_per_node']} GiB "
+                      f"({est['num_gpus_per_node']} GPUs x {est['num_nodes']} node(s), "
+                      f"offload {'on' if est['offload'] else 'off'})"]
     return "\n".join(lines)

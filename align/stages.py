@@ -76,11 +76,8 @@ class Sampler:
         return rows
 
 
-def sampling_params(s: SamplingConfig, stop: list[str] | None = None) -> dict:
-    d = asdict(s)
-    if stop is not None:
-        d["stop"] = stop
-    return d
+def sampling_params(s: SamplingConfig) -> dict:
+    return asdict(s)
 
 
 # ------------------------------------------------------------------ execution

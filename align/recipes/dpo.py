@@ -5,7 +5,7 @@
 
 The same loop as align.recipes.rrtf (problems, samples, verdicts and rankings are shared stages of
 the run directory); only the training stage differs: preference pairs from the ranked groups
-(train.dataset: dpo_best_worst, dpo_teacher_student or dpo_all_pairs; a tie never becomes a pair).
+(train.dataset_args.pairing: best_vs_worst, teacher_vs_student or all_pairs; a tie never becomes a pair).
 """
 import sys
 

@@ -28,41 +28,61 @@ from rank.records import Candidate, Problem, RankedGroup, Verdict, read_jsonl, w
 
 
 def resolve_models(cfg: RunConfig, log) -> dict[str, str]:
-    """Map each model reference to a loadable path or hub id; builds the tiny models if asked."""
-    from align.models import resolve_path
+    """Map each model reference to what `from_pretrained` loads; builds the tiny models if asked."""
+    from align.models import REGISTRY
 
-    refs = [cfg.models.student, *cfg.models.teachers]
+    out: dict[str, str] = {}
     tiny = None
-    out = {}
-    for ref in refs:
+    for ref in [cfg.models.student, *cfg.models.teachers]:
         if ref.startswith("tiny:"):
             if tiny is None:
                 from align.tiny import TinyConfig, build_tiny
                 tiny = build_tiny(TinyConfig(**cfg.tiny), log=log)
-            out[ref] = {"tiny:student": tiny.student_path, "tiny:teacher": tiny.teacher_path}[ref]
+            paths = {"tiny:student": tiny.student_path, "tiny:teacher": tiny.teacher_path}
+            if ref not in paths:
+                raise ConfigError(f"models: unknown tiny model {ref!r}; use one of {', '.join(paths)}")
+            out[ref] = str(paths[ref])
         else:
-            out[ref] = resolve_path(ref)
-    return {k: str(v) for k, v in out.items()}
+            out[ref] = REGISTRY[ref].source if ref in REGISTRY else ref
+    return out
 
 
-def train_step(cfg: RunConfig, groups: list[RankedGroup], student: str, out_dir: Path) -> dict:
-    """Build the method's training set from ranked groups and train the student into out_dir."""
-    from align.train.datasets import build_training_set
-    from align.train.distributed import run_training
+def train_step(cfg: RunConfig, groups: list[RankedGroup], init: str, out_dir: Path) -> dict:
+    """Build the method's training set from ranked groups and train `init` into out_dir
+    (in this process, under torchrun, or as a Ray Train job: train.launcher)."""
+    from align.train.datasets import build_rows
+    from align.train.distributed import JobSpec, run_job, run_ray, run_torchrun
 
-    rows = build_training_set(cfg.train.dataset or cfg.method, groups)
+    rows = build_rows(cfg.train.dataset or cfg.method, groups, **cfg.train.dataset_args)
     if not rows:
         raise RuntimeError(f"no training rows for {cfg.method}: every group was dropped by the ranking "
                            f"strategy or the builder (see ranked.jsonl)")
-    rows_path = out_dir.parent / f"{out_dir.name}-rows.jsonl"
+    rows_path = out_dir.parent / f"{cfg.method}-rows.jsonl"
     write_jsonl(rows_path, rows)
-    spec = {"method": cfg.method, "model_path": student, "rows_path": str(rows_path),
-            "output_dir": str(out_dir), "loss": cfg.train.loss, "loss_args": cfg.train.loss_args,
-            "args": cfg.train.args, "trl": cfg.train.trl, "lora": cfg.train.lora,
-            "deepspeed": cfg.train.deepspeed}
-    metrics = run_training(spec, launcher=cfg.train.launcher, num_workers=cfg.train.num_workers,
-                           ray_address=cfg.ray_address)
+    # TRL's configs extend TrainingArguments: args is shared, trl adds DPOConfig/SFTConfig fields.
+    config = {**cfg.train.args, **cfg.train.trl}
+    spec = JobSpec(method=cfg.method, model_path=init, rows_path=str(rows_path), output_dir=str(out_dir),
+                   config=config, deepspeed=cfg.train.deepspeed, lora=cfg.train.lora,
+                   loss={"loss": cfg.train.loss, **cfg.train.loss_args} if cfg.method in ("rrtf", "rrhf") else {})
+    launch = {"inprocess": lambda: run_job(spec),
+              "torchrun": lambda: run_torchrun(spec, cfg.train.num_workers),
+              "ray": lambda: run_ray(spec, cfg.train.num_workers, cfg.ray_address,
+                                     use_gpu=cfg.train.num_gpus_per_node > 0 and cfg.base != "tiny")}
+    metrics = launch[cfg.train.launcher]()
     return {"rows": len(rows), **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+
+
+def evaluate_model(heldout: list[Problem], cfg: RunConfig, path: str) -> dict:
+    """Greedy pass@1 of one model on the held-out problems, every program run in the sandbox."""
+    from align.evaluate import evaluate
+    from align.generate import SamplingParams, load_backend
+    from rank.sandbox import SandboxConfig
+
+    backend = load_backend(cfg.sample.backend, path, batch_size=cfg.sample.batch_size)
+    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=cfg.eval.max_new_tokens)
+    sandbox = SandboxConfig(workers=cfg.execute.workers, timeout_s=cfg.execute.timeout_s,
+                            unsafe=cfg.execute.unsafe)
+    return evaluate(heldout, backend, params, sandbox, ks=(1,))
 
 
 def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__) -> dict:
@@ -102,13 +122,13 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
     problems = {p.id: p for p in read_jsonl(run.path("problems.jsonl"), Problem)}
 
     # 3. Sample k responses per problem from the student and every teacher (Ray actors).
-    fanout.init_ray(cfg.ray_address, cfg.num_cpus)
     roles = [(cfg.models.student, student, "student", cfg.sample.student)]
     roles += [(ref, path, "teacher", cfg.sample.teacher) for ref, path in zip(cfg.models.teachers, teachers)]
 
     def sample() -> dict:
         import ray
 
+        fanout.init_ray(cfg.ray_address, cfg.num_cpus)
         rows = [asdict(p) for p in problems.values()]
         out = []
         for ref, path, role, sp in roles:
@@ -130,6 +150,7 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
 
     # 4. Execute every candidate's tests in the sandbox (Ray tasks, one sandbox per task).
     def execute() -> dict:
+        fanout.init_ray(cfg.ray_address, cfg.num_cpus)
         rows = stages.execution_rows(candidates, problems)
         fp = run.fingerprint(asdict(cfg.execute), [run.path("candidates.jsonl")])
         fn = partial(stages.execute_shard, cfg=asdict(cfg.execute))
@@ -151,36 +172,43 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
               outputs=["ranked.jsonl"], fn=rank)
     groups = read_jsonl(run.path("ranked.jsonl"), RankedGroup)
 
-    # 6. Train the student with the method's loss (RRTF by default).
+    # 6. Train the student with the method's loss (RRTF by default), or continue from another
+    #    method's output in this run (train.init_from, e.g. SFT then DPO).
+    init = student
+    if cfg.train.init_from:
+        init = str(run.path(f"train/{cfg.train.init_from}"))
+        if not Path(init).exists():
+            init = cfg.train.init_from
+        if not Path(init).exists():
+            raise SystemExit(f"train.init_from: {cfg.train.init_from!r} is neither a method trained in "
+                             f"{run.root} nor a path")
     out_dir = run.path(f"train/{method}")
-    run.stage(f"train-{method}", config=[cfg.method, asdict(cfg.train), student],
+    run.stage(f"train-{method}", config=[cfg.method, asdict(cfg.train), init],
               inputs=[run.path("ranked.jsonl")], outputs=[f"train/{method}"],
-              fn=lambda: train_step(cfg, groups, student, out_dir))
+              fn=lambda: train_step(cfg, groups, init, out_dir))
 
     # 7. Greedy pass@1 on held-out problems: student before and after, and the teacher.
     heldout = read_jsonl(run.path("heldout.jsonl"), Problem)
     evals: dict = {}
+    for name, path, stage in [("student_before", student, "eval-student"), ("teacher", teachers[0], "eval-teacher"),
+                              ("student_after", str(out_dir), f"eval-{method}")]:
+        result_path = run.path(f"eval/{stage}.json")
 
-    def evaluate(name: str, path: str) -> dict:
-        from align.evaluate import evaluate_model
-        res = evaluate_model(heldout, cfg.sample.backend, path, cfg.eval.max_new_tokens,
-                             asdict(cfg.execute))
-        write_jsonl(run.path(f"eval/{name}.jsonl"), res.pop("per_problem", []))
-        run.path(f"eval/{name}.json").write_text(json.dumps(res))
-        return {"pass@1": res["pass@1"]}
-    for name, path in [("student_before", student), ("teacher", teachers[0]), ("student_after", str(out_dir))]:
-        key = f"eval-{name}" if name != "student_after" else f"eval-{method}"
-        run.stage(key, config=[path, cfg.eval.max_new_tokens],
+        def evaluate(path=path, stage=stage, result_path=result_path) -> dict:
+            res = evaluate_model(heldout, cfg, path)
+            write_jsonl(run.path(f"eval/{stage}.jsonl"), res.pop("per_problem"))
+            result_path.write_text(json.dumps(res))
+            return {"pass@1": res["pass@1"]}
+        run.stage(stage, config=[path, asdict(cfg.eval), asdict(cfg.execute)],
                   inputs=[run.path("heldout.jsonl")] + ([out_dir] if name == "student_after" else []),
-                  outputs=[f"eval/{name}.json"] if name != "student_after" else [f"eval/{method}.json"],
-                  fn=partial(evaluate, name if name != "student_after" else method, path))
-        evals[name] = json.loads(run.path(f"eval/{name if name != 'student_after' else method}.json").read_text())
+                  outputs=[f"eval/{stage}.json"], fn=evaluate)
+        evals[name] = json.loads(result_path.read_text())
 
     # 8. Report: eval.json, report.md, a plot, and a table on stdout.
-    result = {k: {"pass@1": v["pass@1"], "n": v.get("n_problems")} for k, v in evals.items()}
+    result = {k: {"pass@1": v["pass@1"], "n_problems": v["n_problems"]} for k, v in evals.items()}
     result["method"] = method
     run.path("eval.json").write_text(json.dumps(result, indent=1))
-    stages.write_report(run.path("report.md"), cfg.name, {k: evals[k] for k in evals}, run.results,
+    stages.write_report(run.path("report.md"), cfg.name, evals, run.results,
                         {"method": method, "student": student, "teachers": teachers,
                          "total_seconds": round(time.time() - t_start, 1)})
     stages.plot_eval(run.path("eval.png"), evals)
