@@ -1,0 +1,200 @@
+"""Exact and near-duplicate removal, and decontamination against benchmark prompts. Pure Python.
+
+    kept, dropped = exact_dedup(problems)
+    kept, dropped = near_dedup(kept, threshold=0.7)
+    kept, dropped = decontaminate(kept, benchmark_texts(humaneval + mbpp))
+    python -m evol.dedup problems.jsonl --against humaneval:PATH mbpp:PATH     # summary of what goes
+
+Every function returns (kept rows, dropped rows) with a reason per dropped row; order is kept
+and the first of a group of duplicates survives. Rows are Problems, dicts or strings.
+- Near duplicates: Jaccard similarity of 5-token shingles, candidates found with MinHash + LSH
+  and then checked exactly, the scheme of BigCode's near-deduplication for StarCoder
+  (arXiv:2305.06161; 5-grams and a 0.7 threshold are the defaults here).
+- Decontamination: a row's prompt goes if it shares any 10-word n-gram with a benchmark prompt, or
+  contains a benchmark text of 3..9 words whole: DeepSeek-Coder's rule (arXiv:2401.14196, §2.1).
+  Words, not punctuation tokens: 10 tokens of code are a common idiom ("for i in range(1, n"), not a leak. StarCoder
+  removed files containing HumanEval/MBPP docstrings or solutions verbatim (arXiv:2305.06161);
+  the n-gram rule also catches those after whitespace and case changes.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+_WORD = re.compile(r"\w+")
+_MERSENNE = (1 << 61) - 1
+
+
+@dataclass
+class Dropped:
+    row: Any
+    reason: str
+
+
+def row_text(row: Any) -> str:
+    """The text a row is compared by: a Problem's (or dict's) prompt, or the string itself."""
+    if isinstance(row, str):
+        return row
+    if isinstance(row, dict):
+        return row["prompt"]
+    return row.prompt
+
+
+def row_full_text(row: Any) -> str:
+    """Prompt and reference solution: what could leak a benchmark into training data."""
+    ref = row.get("reference") if isinstance(row, dict) else getattr(row, "reference", None)
+    return row_text(row) + ("\n" + ref if ref else "")
+
+
+def _row_id(row: Any, index: int) -> str:
+    rid = row.get("id") if isinstance(row, dict) else getattr(row, "id", None)
+    return str(rid) if rid is not None else f"#{index}"
+
+
+def tokens(text: str) -> list[str]:
+    """Lower-cased words and punctuation: whitespace, case and layout changes do not matter."""
+    return _TOKEN.findall(text.lower())
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased words only: n-grams of punctuation-heavy code would be too short to mean a leak."""
+    return _WORD.findall(text.lower())
+
+
+def normalize(text: str) -> str:
+    return " ".join(tokens(text))
+
+
+def ngrams(toks: Sequence[str], n: int) -> set[tuple[str, ...]]:
+    if len(toks) < n:
+        return {tuple(toks)} if toks else set()
+    return {tuple(toks[i:i + n]) for i in range(len(toks) - n + 1)}
+
+
+def jaccard(a: set, b: set) -> float:
+    return len(a & b) / len(a | b) if a or b else 1.0
+
+
+def exact_dedup(rows: Sequence[Any], key: Callable[[Any], str] = row_text) -> tuple[list, list[Dropped]]:
+    """Drop rows whose normalised text equals an earlier row's."""
+    seen: dict[str, str] = {}
+    kept, dropped = [], []
+    for i, row in enumerate(rows):
+        h = hashlib.sha1(normalize(key(row)).encode()).hexdigest()
+        if h in seen:
+            dropped.append(Dropped(row, f"exact duplicate of {seen[h]} (normalised text)"))
+        else:
+            seen[h] = _row_id(row, i)
+            kept.append(row)
+    return kept, dropped
+
+
+class MinHash:
+    """`num_perm` universal hashes (a*x + b mod 2^61-1) of 64-bit shingle hashes; LSH in bands of `rows`."""
+
+    def __init__(self, num_perm: int = 64, rows: int = 4, seed: int = 0):
+        if num_perm % rows:
+            raise ValueError(f"num_perm ({num_perm}) must be a multiple of rows ({rows})")
+        rng = random.Random(seed)
+        self.perms = [(rng.randrange(1, _MERSENNE), rng.randrange(_MERSENNE)) for _ in range(num_perm)]
+        self.rows = rows
+
+    def signature(self, shingles: set[tuple[str, ...]]) -> list[int]:
+        hs = [int.from_bytes(hashlib.blake2b("\x1f".join(s).encode(), digest_size=8).digest(), "little")
+              for s in shingles] or [0]
+        return [min((a * h + b) % _MERSENNE for h in hs) for a, b in self.perms]
+
+    def bands(self, sig: list[int]) -> list[tuple]:
+        return [(i, tuple(sig[i:i + self.rows])) for i in range(0, len(sig), self.rows)]
+
+
+def near_dedup(rows: Sequence[Any], key: Callable[[Any], str] = row_text, threshold: float = 0.7,
+               n: int = 5, num_perm: int = 64, band_rows: int = 4, seed: int = 0) -> tuple[list, list[Dropped]]:
+    """Drop rows whose n-token-shingle Jaccard similarity with an earlier kept row is >= threshold.
+
+    LSH with bands of `band_rows` (16 bands of 4 by default) proposes pairs with similarity around
+    (1/16)^(1/4) = 0.5 and up; each proposal is then checked exactly, so MinHash only saves comparisons.
+    """
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    mh = MinHash(num_perm, band_rows, seed)
+    buckets: dict[tuple, list[int]] = {}
+    kept_shingles: list[set] = []
+    kept_ids: list[str] = []
+    kept, dropped = [], []
+    for i, row in enumerate(rows):
+        sh = ngrams(tokens(key(row)), n)
+        bands = mh.bands(mh.signature(sh))
+        candidates = sorted({j for band in bands for j in buckets.get(band, ())})
+        best = max(((jaccard(sh, kept_shingles[j]), j) for j in candidates), default=(0.0, -1))
+        if best[0] >= threshold:
+            dropped.append(Dropped(row, f"near duplicate of {kept_ids[best[1]]} (jaccard {best[0]:.2f})"))
+            continue
+        for band in bands:
+            buckets.setdefault(band, []).append(len(kept))
+        kept_shingles.append(sh)
+        kept_ids.append(_row_id(row, i))
+        kept.append(row)
+    return kept, dropped
+
+
+def benchmark_texts(problems: Iterable[Any], references: bool = False) -> list[str]:
+    """The texts of benchmark problems to decontaminate against: their prompts, and with
+    `references` their solutions too (then pass `key=row_full_text` to check rows' solutions)."""
+    out = []
+    for p in problems:
+        out.append(row_text(p))
+        ref = p.get("reference") if isinstance(p, dict) else getattr(p, "reference", None)
+        if references and ref:
+            out.append(ref)
+    return out
+
+
+def decontaminate(rows: Sequence[Any], benchmark: Iterable[str], key: Callable[[Any], str] = row_text,
+                  n: int = 10, min_tokens: int = 3) -> tuple[list, list[Dropped]]:
+    """Drop rows sharing an n-word n-gram with any benchmark text, or containing a short one
+    (min_tokens..n-1 words) whole; shorter benchmark texts are ignored as too common to mean anything."""
+    index: dict[tuple[str, ...], int] = {}
+    short: list[tuple[str, int]] = []
+    for b, text in enumerate(benchmark):
+        toks = words(text)
+        if len(toks) >= n:
+            for g in ngrams(toks, n):
+                index.setdefault(g, b)
+        elif len(toks) >= min_tokens:
+            short.append((f" {' '.join(toks)} ", b))
+    kept, dropped = [], []
+    for row in rows:
+        toks = words(key(row))
+        hit = next((g for g in ngrams(toks, n) if len(g) == n and g in index), None)
+        if hit is not None:
+            dropped.append(Dropped(row, f"shares a {n}-gram with benchmark text #{index[hit]}: {' '.join(hit)!r}"))
+            continue
+        padded = f" {' '.join(toks)} "
+        whole = next((b for s, b in short if s in padded), None)
+        if whole is not None:
+            dropped.append(Dropped(row, f"contains benchmark text #{whole} whole"))
+            continue
+        kept.append(row)
+    return kept, dropped
+
+
+if __name__ == "__main__":
+    import argparse
+    import json
+
+    from evol.seeds import load_seeds
+
+    ap = argparse.ArgumentParser(description="Dedup and decontaminate a Problem JSONL (prints a summary).")
+    ap.add_argument("problems")
+    ap.add_argument("--against", nargs="*", default=[], help="benchmark sources, e.g. humaneval:PATH mbpp:PATH")
+    a = ap.parse_args()
+    rows = load_seeds(a.problems)
+    rows, d1 = exact_dedup(rows)
+    rows, d2 = near_dedup(rows)
+    rows, d3 = decontaminate(rows, benchmark_texts([p for s in a.against for p in load_seeds(s)]))
+    print(json.dumps({"kept": len(rows), "exact": len(d1), "near": len(d2), "contaminated": len(d3)}))
