@@ -1,0 +1,208 @@
+"""DPO and SFT through TRL's own trainers (`trl.DPOTrainer`, `trl.SFTTrainer`), from plain rows.
+
+    from align.train.trl_train import train_dpo, train_sft
+    train_dpo("runs/x/model", [{"prompt": p, "chosen": c, "rejected": r}], "runs/x/dpo",
+              {"beta": 0.1, "max_steps": 100, "per_device_train_batch_size": 4})
+    train_sft("runs/x/model", [{"prompt": p, "completion": c}], "runs/x/sft", {"packing": True})
+
+Prompts arrive already wrapped by `align.prompting.format_prompt`. `config` holds overrides of TRL's own
+`DPOConfig`/`SFTConfig` (which subclass `transformers.TrainingArguments`): options are passed through,
+never mirrored here, so any TRL option (loss_type, packing, gradient_checkpointing, deepspeed, ...) works
+and an unknown one is TRL's error, re-raised naming the key with close matches. Under torchrun or Ray Train
+the same functions run on every rank (see align/train/distributed.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+DPO_FIELDS = ("prompt", "chosen", "rejected")
+SFT_FIELDS = ("prompt", "completion")
+
+
+class UnknownOptionError(ValueError):
+    """A config key that the TRL config class does not have."""
+
+
+def cpu_safe_defaults() -> dict[str, Any]:
+    """Defaults that make TRL's configs run on a CPU-only machine, single- or multi-process.
+
+    TRL defaults to bf16=True, which fails on CPU; use_cpu=True is also what makes accelerate pick gloo
+    under torchrun (without it DeepSpeed and accelerate disagree on the world size, STACK-NOTES).
+    """
+    import torch
+
+    # logging_steps=1: short runs still log a loss (TRL's default is every 10 steps).
+    defaults: dict[str, Any] = {"report_to": [], "logging_steps": 1}
+    if not torch.cuda.is_available():
+        defaults.update(bf16=False, use_cpu=True)
+    return defaults
+
+
+def build_config(config_cls: type, overrides: dict[str, Any], output_dir: str | Path) -> Any:
+    """`config_cls(**defaults, **overrides, output_dir=...)`; unknown keys name the key and suggest."""
+    kwargs = {**cpu_safe_defaults(), **overrides, "output_dir": str(output_dir)}
+    try:
+        return config_cls(**kwargs)
+    except TypeError as err:
+        names = [f.name for f in dataclasses.fields(config_cls) if f.init]
+        unknown = [k for k in overrides if k not in names]
+        if not unknown:
+            raise
+        parts = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
+            parts.append(f"{key!r}" + (f" (did you mean {', '.join(map(repr, close))}?)" if close else ""))
+        raise UnknownOptionError(f"unknown {config_cls.__name__} option {'; '.join(parts)}") from err
+
+
+def _completion(text: str, eos: str) -> str:
+    # Same document shape as format_example: code, one newline, EOS. TRL appends EOS only when missing,
+    # so adding it here keeps the trained text identical to the pretraining and sampling format.
+    if text.endswith(eos):
+        text = text[: -len(eos)]
+    return text.strip("\n") + "\n" + eos
+
+
+def _dataset(rows: Iterable[dict], fields: tuple[str, ...], eos: str, completions: tuple[str, ...]):
+    from datasets import Dataset
+
+    clean = []
+    for i, row in enumerate(rows):
+        missing = [f for f in fields if not isinstance(row.get(f), str)]
+        if missing:
+            raise ValueError(f"training row {i}: missing or non-string field(s) {missing}; needs {list(fields)}")
+        clean.append({f: _completion(row[f], eos) if f in completions else row[f] for f in fields})
+    if not clean:
+        raise ValueError("no training rows")
+    return Dataset.from_list(clean)
+
+
+def _tokenizer(path: str | Path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _fit(trainer, output_dir: Path, tokenizer, merge_lora: bool) -> dict[str, Any]:
+    """Train (resuming from the newest checkpoint in output_dir), save model + tokenizer, return metrics."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    args = trainer.args
+    resume = args.resume_from_checkpoint or (get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None)
+    out = trainer.train(resume_from_checkpoint=resume)
+    lora = merge_lora and hasattr(trainer.model, "peft_config")
+    # A LoRA run saves its adapter to output_dir/adapter and the merged full model to output_dir, so the
+    # next stage (sampling, eval, another round) loads output_dir like any other checkpoint.
+    trainer.save_model(str(output_dir / "adapter") if lora else str(output_dir))
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(output_dir))
+        if lora:
+            _merge_adapter(output_dir)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    metrics = dict(out.metrics, global_step=out.global_step, resumed_from=resume)
+    if losses:
+        metrics["last_loss"] = losses[-1]
+    if not math.isfinite(metrics.get("train_loss", 0.0)):
+        raise FloatingPointError(f"training loss is not finite: {metrics}")
+    return metrics
+
+
+def _merge_adapter(output_dir: Path) -> None:
+    from peft import AutoPeftModelForCausalLM
+
+    model = AutoPeftModelForCausalLM.from_pretrained(str(output_dir / "adapter"))
+    model.merge_and_unload().save_pretrained(str(output_dir))
+    for stray in ("adapter_config.json", "adapter_model.safetensors"):  # never shadow the merged weights
+        (output_dir / stray).unlink(missing_ok=True)
+
+
+def _peft(lora: dict | None):
+    if lora is None:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(**{"task_type": "CAUSAL_LM", **lora})
+
+
+def dpo_trainer(
+    model_path: str | Path,
+    rows: Iterable[dict],
+    output_dir: str | Path,
+    config: dict[str, Any] | None = None,
+    tokenizer_path: str | Path | None = None,
+    ref_model_path: str | Path | None = None,
+    lora: dict | None = None,
+):
+    """A ready `trl.DPOTrainer` on {prompt, chosen, rejected} rows; config overrides `trl.DPOConfig`."""
+    from trl import DPOConfig, DPOTrainer
+
+    args = build_config(DPOConfig, dict(config or {}), output_dir)
+    tok = _tokenizer(tokenizer_path or model_path)
+    data = _dataset(rows, DPO_FIELDS, tok.eos_token, completions=("chosen", "rejected"))
+    ref = None
+    if ref_model_path is not None:
+        from transformers import AutoModelForCausalLM
+
+        ref = AutoModelForCausalLM.from_pretrained(str(ref_model_path), **(args.model_init_kwargs or {}))
+    return DPOTrainer(
+        model=str(model_path), ref_model=ref, args=args, train_dataset=data,
+        processing_class=tok, peft_config=_peft(lora),
+    )
+
+
+def sft_trainer(
+    model_path: str | Path,
+    rows: Iterable[dict],
+    output_dir: str | Path,
+    config: dict[str, Any] | None = None,
+    tokenizer_path: str | Path | None = None,
+    lora: dict | None = None,
+):
+    """A ready `trl.SFTTrainer` on {prompt, completion} rows; config overrides `trl.SFTConfig`.
+
+    Loss is on the completion only (TRL's default for prompt-completion rows; `completion_only_loss`
+    overrides it); `packing=True` packs rows best-fit into `max_length` sequences.
+    """
+    from trl import SFTConfig, SFTTrainer
+
+    args = build_config(SFTConfig, dict(config or {}), output_dir)
+    tok = _tokenizer(tokenizer_path or model_path)
+    data = _dataset(rows, SFT_FIELDS, tok.eos_token, completions=("completion",))
+    return SFTTrainer(
+        model=str(model_path), args=args, train_dataset=data, processing_class=tok, peft_config=_peft(lora),
+    )
+
+
+def train_dpo(
+    model_path: str | Path,
+    rows: Iterable[dict],
+    output_dir: str | Path,
+    config: dict[str, Any] | None = None,
+    tokenizer_path: str | Path | None = None,
+    ref_model_path: str | Path | None = None,
+    lora: dict | None = None,
+) -> dict[str, Any]:
+    """DPO; saves model + tokenizer to output_dir (resuming from its newest checkpoint); returns metrics."""
+    trainer = dpo_trainer(model_path, rows, output_dir, config, tokenizer_path, ref_model_path, lora)
+    return _fit(trainer, Path(output_dir), trainer.processing_class, merge_lora=lora is not None)
+
+
+def train_sft(
+    model_path: str | Path,
+    rows: Iterable[dict],
+    output_dir: str | Path,
+    config: dict[str, Any] | None = None,
+    tokenizer_path: str | Path | None = None,
+    lora: dict | None = None,
+) -> dict[str, Any]:
+    """SFT; saves model + tokenizer to output_dir (resuming from its newest checkpoint); returns metrics."""
+    trainer = sft_trainer(model_path, rows, output_dir, config, tokenizer_path, lora)
+    return _fit(trainer, Path(output_dir), trainer.processing_class, merge_lora=lora is not None)
+
