@@ -1,0 +1,120 @@
+"""RankTrainer, its collator and train_rank on a tiny random-init GPTBigCode (CPU).
+
+Run: .venv/bin/python -m pytest tests/align/test_rank_trainer.py
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from align.prompting import EOS, format_prompt  # noqa: E402
+from align.train.losses import RankLossConfig  # noqa: E402
+from align.train.rank_trainer import RankTrainer, rank_collator, train_rank, truncate  # noqa: E402
+
+DATA = Path(__file__).parents[2].parent / "shared/data"
+GPT2 = DATA / "tokenizers/gpt2"
+
+ROWS = [
+    {"prompt": "Add two numbers.\ndef add(a, b):", "responses": ["def add(a, b):\n    return a + b", "def add(a, b):\n    return a - b",
+                                                                 "def add(a, b) return"],
+     "scores": [3.0, 2.0, 0.0], "roles": ["teacher", "student", "student"]},
+    {"prompt": "Reverse a list.\ndef rev(xs):", "responses": ["def rev(xs):\n    return xs[::-1]", "def rev(xs):\n    return xs"],
+     "scores": [3.0, 3.0], "roles": ["teacher", "student"]},
+    {"prompt": "Square a number.\ndef sq(x):", "responses": ["def sq(x):\n    return x * x", "def sq(x):\n    return x + x"],
+     "scores": [3.0, 2.5], "roles": ["teacher", "student"]},
+    {"prompt": "Is n even?\ndef even(n):", "responses": ["def even(n):\n    return n % 2 == 0", "def even(n):\n    return n % 2",
+                                                         "def even(n):\n    raise ValueError", "even = 3"],
+     "scores": [3.0, 2.0, 1.0, 0.0], "roles": ["teacher", "student", "student", "student"]},
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    if not (GPT2 / "tokenizer.json").exists():
+        pytest.skip(f"GPT-2 tokenizer not found at {GPT2}")
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_file=str(GPT2 / "tokenizer.json"), eos_token=EOS)
+    tok.pad_token = tok.eos_token
+    return tok
+
+
+def tiny_model(vocab):
+    torch.manual_seed(0)
+    cfg = transformers.GPTBigCodeConfig(n_layer=2, n_embd=32, n_head=4, multi_query=True, vocab_size=vocab,
+                                        n_positions=256, bos_token_id=50256, eos_token_id=50256)
+    return transformers.GPTBigCodeForCausalLM(cfg)
+
+
+def args(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path), per_device_train_batch_size=2, per_device_eval_batch_size=2,
+                learning_rate=5e-3, num_train_epochs=3, logging_steps=2, save_strategy="no", report_to=[],
+                use_cpu=True, seed=0, remove_unused_columns=True)    # True on purpose: the trainer must undo it
+    return transformers.TrainingArguments(**{**base, **kw})
+
+
+def test_collator_formats_appends_eos_and_pads_ragged(tokenizer):
+    batch = rank_collator(tokenizer, max_length=64)(ROWS[:2])
+    eos = tokenizer.eos_token_id
+    assert batch["response_ids"].shape[:2] == (2, 3) and batch["response_lens"][1, 2] == 0
+    p = int(batch["prompt_lens"][0])
+    assert tokenizer.decode(batch["prompt_ids"][0, :p]) == format_prompt(ROWS[0]["prompt"])
+    n = int(batch["response_lens"][0, 0])
+    assert batch["response_ids"][0, 0, n - 1] == eos
+    assert tokenizer.decode(batch["response_ids"][0, 0, :n - 1]) == ROWS[0]["responses"][0] + "\n"
+    assert batch["teacher"].tolist() == [[True, False, False], [True, False, False]]
+    assert batch["scores"][0].tolist() == [3.0, 2.0, 0.0]
+
+
+def test_truncation_never_empties_a_response():
+    prompt, responses = truncate(list(range(50)), [list(range(40)), [7]], max_length=32)
+    assert len(prompt) == 16 and prompt[-1] == 49                       # cut at the start, down to half
+    assert [len(r) for r in responses] == [16, 1] and all(len(prompt) + len(r) <= 32 for r in responses)
+    prompt, responses = truncate(list(range(10)), [list(range(5))], max_length=32)
+    assert len(prompt) == 10 and len(responses[0]) == 5                 # nothing to cut
+    with pytest.raises(ValueError):
+        truncate([1], [[2]], max_length=3)
+
+
+def test_collator_rejects_bad_rows(tokenizer):
+    with pytest.raises(ValueError, match="scores"):
+        rank_collator(tokenizer)([{"prompt": "x", "responses": ["a", "b"], "scores": [1.0]}])
+    with pytest.raises(ValueError, match="roles"):
+        rank_collator(tokenizer)([{"prompt": "x", "responses": ["a"], "scores": [1.0], "roles": ["teachr"]}])
+
+
+@pytest.mark.parametrize("loss", ["rrtf", "rrhf"])
+def test_training_reduces_the_loss_and_logs_parts(tokenizer, tmp_path, loss):
+    # a datasets.Dataset once: its text columns must reach the collator (remove_unused_columns)
+    data = ROWS if loss == "rrtf" else pytest.importorskip("datasets").Dataset.from_list(ROWS)
+    trainer = RankTrainer(model=tiny_model(len(tokenizer)), args=args(tmp_path), train_dataset=data,
+                          eval_dataset=data, processing_class=tokenizer, loss_config=RankLossConfig(loss=loss))
+    assert trainer.args.remove_unused_columns is False
+    before = trainer.evaluate()["eval_loss"]
+    trainer.train()
+    after = trainer.evaluate()["eval_loss"]
+    assert after < before
+    assert trainer.layout == "prefix"
+    logged = [h for h in trainer.state.log_history if "rank_loss" in h and "loss" in h]
+    assert logged and {"ft_loss", "pairs"} <= logged[0].keys() and logged[0]["pairs"] > 0
+
+
+def test_train_rank_saves_model_and_tokenizer(tokenizer, tmp_path):
+    model_dir = tmp_path / "base"
+    tiny_model(len(tokenizer)).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    out = tmp_path / "out"
+    metrics = train_rank(str(model_dir), ROWS, str(out), RankLossConfig(), {"per_device_train_batch_size": 2,
+                         "max_steps": 2, "learning_rate": 1e-3, "save_strategy": "no", "logging_steps": 1})
+    assert metrics["train_runtime"] > 0 and metrics["global_step"] == 2 and metrics["layout"] == "prefix" and "last_rank_loss" in metrics
+    assert (out / "config.json").exists() and (out / "tokenizer.json").exists()
+    transformers.AutoModelForCausalLM.from_pretrained(out)
+
+
+def test_gradient_checkpointing_switches_to_packed(tokenizer, tmp_path):
+    trainer = RankTrainer(model=tiny_model(len(tokenizer)), args=args(tmp_path, max_steps=1, activation_checkpointing=True),
+                          train_dataset=ROWS, processing_class=tokenizer, loss_config={"loss": "rrtf"})
+    trainer.train()
+    assert trainer.layout == "packed"
