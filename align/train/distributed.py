@@ -60,7 +60,7 @@ class JobSpec:
     deepspeed: str | None = None  # preset name or JSON path
     tokenizer_path: str | None = None  # defaults to model_path
     ref_model_path: str | None = None  # DPO only: a frozen reference other than the initial model
-    lora: dict[str, Any] | None = None  # peft.LoraConfig(**lora); DPO/SFT
+    lora: dict[str, Any] | None = None  # peft.LoraConfig(**lora); output_dir gets the merged model
     loss: dict[str, Any] = field(default_factory=dict)  # RankLossConfig fields; RRTF/RRHF
     options: dict[str, Any] = field(default_factory=dict)  # other keyword arguments of the method's function
 
@@ -133,10 +133,9 @@ def _rank(spec: JobSpec, rows: list[dict], config: dict) -> dict:
     from align.train.losses import RankLossConfig
     from align.train.rank_trainer import train_rank
 
-    if spec.lora is not None:
-        raise ValueError(f"job spec: lora is not supported for method {spec.method!r} (DPO/SFT only)")
     loss = RankLossConfig(**{"loss": spec.method, **spec.loss})  # options: packing, max_length
-    return train_rank(spec.model_path, rows, spec.output_dir, loss, config, spec.tokenizer_path, **spec.options)
+    return train_rank(spec.model_path, rows, spec.output_dir, loss, config, spec.tokenizer_path, lora=spec.lora,
+                      **spec.options)
 
 
 METHODS: dict[str, Callable[[JobSpec, list[dict], dict], dict]] = {

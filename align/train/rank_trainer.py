@@ -12,7 +12,8 @@ rank_loss, ft_loss (averaged over the logging interval) and pairs (ranked pairs 
                           processing_class=tokenizer, loss_config=RankLossConfig(loss="rrtf"))
     trainer.train()
 
-or in one call, what the RRTF stage uses: `train_rank(model_path, rows, output_dir, loss_config, {...})`.
+or in one call, what the RRTF stage uses: `train_rank(model_path, rows, output_dir, loss_config, {...})`,
+which resumes from output_dir's newest checkpoint and takes `lora={...}` (align/train/checkpoints.py).
 Test: `pytest tests/align/test_rank_trainer.py`.
 """
 from __future__ import annotations
@@ -25,8 +26,10 @@ import torch
 from transformers import Trainer
 
 from align.prompting import EOS, format_prompt
+from align.train.checkpoints import fit, lora_config
 from align.train.losses import RankLossConfig, get_loss
 from align.train.packing import checkpointing, choose_layout, response_logps
+from align.train.trl_train import cpu_safe_defaults
 
 log = logging.getLogger(__name__)
 
@@ -177,31 +180,34 @@ class RankTrainer(Trainer):
 
 def train_rank(model_path: str, rows: list[dict], output_dir: str, loss_config: RankLossConfig | dict | None,
                training_args: dict, tokenizer_path: str | None = None, packing: str = "auto",
-               max_length: int = 1024) -> dict[str, Any]:
-    """Train a causal LM on rank rows, save model + tokenizer to `output_dir`, return the metrics."""
+               max_length: int = 1024, lora: dict | None = None) -> dict[str, Any]:
+    """Train a causal LM on rank rows, save model + tokenizer to `output_dir`, return the metrics.
+
+    A rerun resumes from the newest checkpoint-N in output_dir (metrics: resumed_from, global_step).
+    `lora` (peft.LoraConfig fields) trains an adapter only; output_dir then gets the merged full model and
+    output_dir/adapter the adapter.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 
     if not rows:
         raise ValueError("train_rank: no training rows")
+    # Arguments before the model: with a ZeRO-3 config they switch on is_deepspeed_zero3_enabled(), so
+    # from_pretrained partitions the weights across ranks as they load rather than filling every rank.
+    args = TrainingArguments(output_dir=str(output_dir),
+                             **{**cpu_safe_defaults(), "remove_unused_columns": False, **training_args})
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or model_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(model_path)
-    cpu = not torch.cuda.is_available()
-    defaults: dict[str, Any] = {"report_to": [], "remove_unused_columns": False, "use_cpu": cpu}
-    if cpu:
-        defaults["bf16"] = False
-    args = TrainingArguments(output_dir=str(output_dir), **{**defaults, **training_args})
+    if lora is not None:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, lora_config(lora))
     trainer = RankTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer,
                           loss_config=loss_config, packing=packing, max_length=max_length)
-    result = trainer.train()
-    trainer.save_model(str(output_dir))
-    if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(str(output_dir))
-    metrics = dict(result.metrics)
+    metrics = fit(trainer, output_dir, tokenizer, merge_lora=lora is not None)
     last = [h for h in trainer.state.log_history if "rank_loss" in h]
     if last:
         metrics.update({f"last_{k}": last[-1][k] for k in ("loss", "rank_loss", "ft_loss", "pairs") if k in last[-1]})
-    metrics["global_step"] = trainer.state.global_step
     metrics["layout"] = trainer.layout
     return metrics

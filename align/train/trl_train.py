@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 from pathlib import Path
 from typing import Any, Iterable
+
+from align.train.checkpoints import fit, lora_config
 
 DPO_FIELDS = ("prompt", "chosen", "rejected")
 SFT_FIELDS = ("prompt", "completion")
@@ -90,47 +91,6 @@ def _tokenizer(path: str | Path):
     return tok
 
 
-def _fit(trainer, output_dir: Path, tokenizer, merge_lora: bool) -> dict[str, Any]:
-    """Train (resuming from the newest checkpoint in output_dir), save model + tokenizer, return metrics."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    args = trainer.args
-    resume = args.resume_from_checkpoint or (get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None)
-    out = trainer.train(resume_from_checkpoint=resume)
-    lora = merge_lora and hasattr(trainer.model, "peft_config")
-    # A LoRA run saves its adapter to output_dir/adapter and the merged full model to output_dir, so the
-    # next stage (sampling, eval, another round) loads output_dir like any other checkpoint.
-    trainer.save_model(str(output_dir / "adapter") if lora else str(output_dir))
-    if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(str(output_dir))
-        if lora:
-            _merge_adapter(output_dir)
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    metrics = dict(out.metrics, global_step=out.global_step, resumed_from=resume)
-    if losses:
-        metrics["last_loss"] = losses[-1]
-    if not math.isfinite(metrics.get("train_loss", 0.0)):
-        raise FloatingPointError(f"training loss is not finite: {metrics}")
-    return metrics
-
-
-def _merge_adapter(output_dir: Path) -> None:
-    from peft import AutoPeftModelForCausalLM
-
-    model = AutoPeftModelForCausalLM.from_pretrained(str(output_dir / "adapter"))
-    model.merge_and_unload().save_pretrained(str(output_dir))
-    for stray in ("adapter_config.json", "adapter_model.safetensors"):  # never shadow the merged weights
-        (output_dir / stray).unlink(missing_ok=True)
-
-
-def _peft(lora: dict | None):
-    if lora is None:
-        return None
-    from peft import LoraConfig
-
-    return LoraConfig(**{"task_type": "CAUSAL_LM", **lora})
-
-
 def dpo_trainer(
     model_path: str | Path,
     rows: Iterable[dict],
@@ -153,7 +113,7 @@ def dpo_trainer(
         ref = AutoModelForCausalLM.from_pretrained(str(ref_model_path), **(args.model_init_kwargs or {}))
     return DPOTrainer(
         model=str(model_path), ref_model=ref, args=args, train_dataset=data,
-        processing_class=tok, peft_config=_peft(lora),
+        processing_class=tok, peft_config=lora_config(lora),
     )
 
 
@@ -176,7 +136,7 @@ def sft_trainer(
     tok = _tokenizer(tokenizer_path or model_path)
     data = _dataset(rows, SFT_FIELDS, tok.eos_token, completions=("completion",))
     return SFTTrainer(
-        model=str(model_path), args=args, train_dataset=data, processing_class=tok, peft_config=_peft(lora),
+        model=str(model_path), args=args, train_dataset=data, processing_class=tok, peft_config=lora_config(lora),
     )
 
 
@@ -191,7 +151,7 @@ def train_dpo(
 ) -> dict[str, Any]:
     """DPO; saves model + tokenizer to output_dir (resuming from its newest checkpoint); returns metrics."""
     trainer = dpo_trainer(model_path, rows, output_dir, config, tokenizer_path, ref_model_path, lora)
-    return _fit(trainer, Path(output_dir), trainer.processing_class, merge_lora=lora is not None)
+    return fit(trainer, output_dir, trainer.processing_class, merge_lora=lora is not None)
 
 
 def train_sft(
@@ -204,5 +164,5 @@ def train_sft(
 ) -> dict[str, Any]:
     """SFT; saves model + tokenizer to output_dir (resuming from its newest checkpoint); returns metrics."""
     trainer = sft_trainer(model_path, rows, output_dir, config, tokenizer_path, lora)
-    return _fit(trainer, Path(output_dir), trainer.processing_class, merge_lora=lora is not None)
+    return fit(trainer, output_dir, trainer.processing_class, merge_lora=lora is not None)
 

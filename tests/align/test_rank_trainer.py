@@ -101,16 +101,50 @@ def test_training_reduces_the_loss_and_logs_parts(tokenizer, tmp_path, loss):
     assert logged and {"ft_loss", "pairs"} <= logged[0].keys() and logged[0]["pairs"] > 0
 
 
-def test_train_rank_saves_model_and_tokenizer(tokenizer, tmp_path):
-    model_dir = tmp_path / "base"
-    tiny_model(len(tokenizer)).save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+@pytest.fixture(scope="module")
+def model_dir(tokenizer, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("base")
+    tiny_model(len(tokenizer)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_train_rank_saves_model_and_tokenizer(model_dir, tmp_path):
     out = tmp_path / "out"
     metrics = train_rank(str(model_dir), ROWS, str(out), RankLossConfig(), {"per_device_train_batch_size": 2,
                          "max_steps": 2, "learning_rate": 1e-3, "save_strategy": "no", "logging_steps": 1})
     assert metrics["train_runtime"] > 0 and metrics["global_step"] == 2 and metrics["layout"] == "prefix" and "last_rank_loss" in metrics
     assert (out / "config.json").exists() and (out / "tokenizer.json").exists()
     transformers.AutoModelForCausalLM.from_pretrained(out)
+
+
+def test_train_rank_stops_and_resumes_from_checkpoint(model_dir, tmp_path):
+    """2 steps, stop, rerun with max_steps=3: the second run starts from checkpoint-2 and ends at step 3."""
+    out = tmp_path / "out"
+    cfg = {"per_device_train_batch_size": 2, "learning_rate": 1e-3, "save_strategy": "steps", "save_steps": 1,
+           "save_total_limit": 1}
+    first = train_rank(str(model_dir), ROWS, str(out), RankLossConfig(), {**cfg, "max_steps": 2})
+    assert first["global_step"] == 2 and first["resumed_from"] is None and (out / "checkpoint-2").is_dir()
+    second = train_rank(str(model_dir), ROWS, str(out), RankLossConfig(), {**cfg, "max_steps": 3})
+    assert second["resumed_from"].endswith("checkpoint-2") and second["global_step"] == 3
+    assert second["last_pairs"] > 0           # step 3 really trained, on the rank loss
+    transformers.AutoModelForCausalLM.from_pretrained(out)
+
+
+def test_lora_rrtf_trains_the_adapter_only_and_saves_a_merged_model(model_dir, tmp_path):
+    pytest.importorskip("peft")
+    out = tmp_path / "lora"
+    lora = {"r": 4, "lora_alpha": 8, "target_modules": ["c_attn"], "lora_dropout": 0.0}
+    metrics = train_rank(str(model_dir), ROWS, str(out), RankLossConfig(loss="rrtf"),
+                         {"per_device_train_batch_size": 2, "max_steps": 3, "learning_rate": 1e-2,
+                          "save_strategy": "no"}, lora=lora)
+    assert metrics["global_step"] == 3 and metrics["last_pairs"] > 0 and metrics["layout"] == "prefix"
+    assert (out / "adapter" / "adapter_config.json").exists() and not (out / "adapter_config.json").exists()
+    base = transformers.AutoModelForCausalLM.from_pretrained(model_dir).state_dict()
+    merged = transformers.AutoModelForCausalLM.from_pretrained(out).state_dict()
+    assert merged.keys() == base.keys()       # a plain model: no lora_A/lora_B left
+    changed = {k for k in base if not torch.equal(base[k], merged[k])}
+    assert changed and all("c_attn.weight" in k for k in changed)   # only what the adapter merged into
 
 
 def test_gradient_checkpointing_switches_to_packed(tokenizer, tmp_path):

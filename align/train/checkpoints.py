@@ -1,0 +1,72 @@
+"""Resume, save and LoRA-merge for any `transformers.Trainer` run in one output_dir.
+
+Shared by the TRL trainers (align/train/trl_train.py) and the ranking trainer (align/train/rank_trainer.py):
+
+    trainer = SomeTrainer(model=get_peft_model(model, lora_config(lora)), args=args, ...)
+    metrics = fit(trainer, output_dir, tokenizer, merge_lora=lora is not None)
+
+Rerunning the same job with a larger max_steps continues from output_dir's newest checkpoint-N.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+
+def last_checkpoint(output_dir: str | Path, requested: str | bool | None = None) -> str | None:
+    """`requested` (TrainingArguments.resume_from_checkpoint) if set, else the newest checkpoint-N in output_dir."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if requested:
+        return requested
+    return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
+
+
+def lora_config(lora: dict | None):
+    """`peft.LoraConfig(**lora)` for a causal LM, or None."""
+    if lora is None:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(**{"task_type": "CAUSAL_LM", **lora})
+
+
+def fit(trainer, output_dir: str | Path, tokenizer, merge_lora: bool) -> dict[str, Any]:
+    """Train (resuming from the newest checkpoint in output_dir), save model + tokenizer, return metrics.
+
+    Metrics: the Trainer's, global_step, resumed_from (None for a fresh start) and last_loss.
+    """
+    output_dir = Path(output_dir)
+    resume = last_checkpoint(output_dir, trainer.args.resume_from_checkpoint)
+    out = trainer.train(resume_from_checkpoint=resume)
+    lora = merge_lora and hasattr(trainer.model, "peft_config")
+    # A LoRA run saves its adapter to output_dir/adapter and the merged full model to output_dir, so the
+    # next stage (sampling, eval, another round) loads output_dir like any other checkpoint.
+    trainer.save_model(str(output_dir / "adapter") if lora else str(output_dir))
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(output_dir))
+        if lora:
+            merge_adapter(output_dir)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    metrics = dict(out.metrics, global_step=out.global_step, resumed_from=resume)
+    if losses:
+        metrics["last_loss"] = losses[-1]
+    if not math.isfinite(metrics.get("train_loss", 0.0)):
+        raise FloatingPointError(f"training loss is not finite: {metrics}")
+    return metrics
+
+
+def merge_adapter(output_dir: str | Path) -> None:
+    """Merge output_dir/adapter into its base model and save the full model to output_dir (one process)."""
+    from peft import AutoPeftModelForCausalLM
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    output_dir = Path(output_dir)
+    # Training is over; under ZeRO-3 the trainer's config would make this rank-0-only load partition the
+    # base model and gather it with collectives the other ranks never join (a hang).
+    unset_hf_deepspeed_config()
+    model = AutoPeftModelForCausalLM.from_pretrained(str(output_dir / "adapter"))
+    model.merge_and_unload().save_pretrained(str(output_dir))
+    for stray in ("adapter_config.json", "adapter_model.safetensors"):  # never shadow the merged weights
+        (output_dir / stray).unlink(missing_ok=True)
