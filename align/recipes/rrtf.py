@@ -12,6 +12,7 @@ recipes run this same script with another training method.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import asdict
@@ -98,6 +99,8 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
         from align.plan import describe
         print(describe(cfg))
         return {}
+    # Per-file download/load bars drown the stage log; stage progress is logged instead.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     t_start = time.time()
     run = RunDir(args.run_dir or Path("runs") / cfg.name)
     log = run.log
