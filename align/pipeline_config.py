@@ -56,7 +56,7 @@ class SampleConfig:
 
 @dataclass
 class ExecuteConfig:
-    workers: int = 2
+    workers: int = 4                 # sandboxes per Ray task; 2 per core keeps the cores busy
     timeout_s: float = 5.0
     shard_size: int = 256            # candidates per Ray task / resumable shard
     unsafe: bool = False             # run without bubblewrap (warns on every run)

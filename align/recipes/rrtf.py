@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
         fp = run.fingerprint(asdict(cfg.execute), [run.path("candidates.jsonl")])
         fn = partial(stages.execute_shard, cfg=asdict(cfg.execute))
         verdicts = run.sharded("execute", rows, cfg.execute.shard_size, fn, fp,
-                               executor=lambda f, shards: fanout.ray_map(f, shards, cfg.execute.workers))
+                               # two sandbox workers per core keep a core busy (docs/sandbox.md)
+                               executor=lambda f, shards: fanout.ray_map(f, shards, max(1, cfg.execute.workers // 2)))
         write_jsonl(run.path("verdicts.jsonl"), verdicts)
         return {"verdicts": len(verdicts)}
     run.stage("execute", config=asdict(cfg.execute), inputs=[run.path("candidates.jsonl")],
