@@ -125,17 +125,15 @@ def rank_groups(problems: dict[str, Problem], candidates: list[Candidate], verdi
 
 
 def verdict_summary(candidates: list[Candidate], verdicts: list[Verdict]) -> dict:
-    """Counts of statuses and pass rate per model (for the report)."""
-    by_id = {v.candidate_id: v for v in verdicts}
+    """Per model: number of samples, pass rate and the count of each status (for the report)."""
+    status = {v.candidate_id: v.status for v in verdicts}
     out: dict[str, dict] = {}
     for c in candidates:
-        m = out.setdefault(c.model, {"n": 0, "passed": 0})
+        m = out.setdefault(c.model, {"n": 0, "statuses": {}})
         m["n"] += 1
-        m["passed"] += by_id[c.id].status == "passed"
-        st = by_id[c.id].status
-        m[st] = m.get(st, 0) + 1 if st != "passed" else m.get(st, 0)
+        m["statuses"][status[c.id]] = m["statuses"].get(status[c.id], 0) + 1
     for m in out.values():
-        m["pass_rate"] = round(m["passed"] / max(m["n"], 1), 4)
+        m["pass_rate"] = round(m["statuses"].get("passed", 0) / m["n"], 4)
     return out
 
 
