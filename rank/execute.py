@@ -16,36 +16,29 @@ import os
 import sys
 from pathlib import Path
 
-from rank.records import RecordError
+from rank.records import RecordError, iter_lines
 from rank.sandbox import Job, Sandbox, SandboxConfig, SandboxUnavailable
 
 
 def read_jobs(path: str) -> list[Job]:
     """Parse and check every row of `path` (RecordError names file, line and field)."""
     jobs, seen = [], {}
-    with open(path, encoding="utf-8") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise RecordError(f"invalid JSON: {e.msg} (column {e.colno})", file=path, line=lineno) from None
-            if not isinstance(row, dict):
-                raise RecordError(f"expected a JSON object, got {type(row).__name__}", file=path, line=lineno)
-            for name in ("id", "code"):
-                if name not in row:
-                    raise RecordError("missing (required)", file=path, line=lineno, field=name)
-            job = Job(id=row["id"], code=row["code"], tests=row.get("tests"), test=row.get("test"),
-                      entry_point=row.get("entry_point"), language=row.get("language", "python"))
-            problem = job.problem()
-            if problem:
-                raise RecordError(problem[1], file=path, line=lineno, field=problem[0])
-            if job.id in seen:
-                raise RecordError(f"duplicate id {job.id!r} (first on line {seen[job.id]})",
-                                  file=path, line=lineno, field="id")
-            seen[job.id] = lineno
-            jobs.append(job)
+    for lineno, row in iter_lines(path):
+        if not isinstance(row, dict):
+            raise RecordError(f"expected a JSON object, got {type(row).__name__}", file=path, line=lineno)
+        for name in ("id", "code"):
+            if name not in row:
+                raise RecordError("missing (required)", file=path, line=lineno, field=name)
+        job = Job(id=row["id"], code=row["code"], tests=row.get("tests"), test=row.get("test"),
+                  entry_point=row.get("entry_point"), language=row.get("language", "python"))
+        problem = job.problem()
+        if problem:
+            raise RecordError(problem[1], file=path, line=lineno, field=problem[0])
+        if job.id in seen:
+            raise RecordError(f"duplicate id {job.id!r} (first on line {seen[job.id]})",
+                              file=path, line=lineno, field="id")
+        seen[job.id] = lineno
+        jobs.append(job)
     return jobs
 
 

@@ -226,18 +226,23 @@ def to_dict(obj: Any) -> dict:
 
 # ---------------------------------------------------------------- files
 
-def iter_jsonl(path: str | os.PathLike, cls: type[T] | None = None) -> Iterator[T]:
-    """Yield rows of a JSON Lines file, as `cls` records if given, validating each."""
+def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """Yield (line number, parsed JSON) for each non-blank line; bad JSON names file and line."""
     path = str(path)
     with open(path, encoding="utf-8") as fh:
         for lineno, raw in enumerate(fh, 1):
             if not raw.strip():
                 continue
             try:
-                row = json.loads(raw)
+                yield lineno, json.loads(raw)
             except json.JSONDecodeError as e:
                 raise RecordError(f"invalid JSON: {e.msg} (column {e.colno})", file=path, line=lineno) from None
-            yield from_dict(cls, row, file=path, line=lineno) if cls is not None else row
+
+
+def iter_jsonl(path: str | os.PathLike, cls: type[T] | None = None) -> Iterator[T]:
+    """Yield rows of a JSON Lines file, as `cls` records if given, validating each."""
+    for lineno, row in iter_lines(path):
+        yield from_dict(cls, row, file=str(path), line=lineno) if cls is not None else row
 
 
 def read_jsonl(path: str | os.PathLike, cls: type[T] | None = None) -> list[T]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import json
 import os
 import socket
@@ -31,6 +30,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+
+from rank.plugins import suggest
 
 PRESETS_DIR = Path(__file__).with_name("deepspeed")
 REPO_ROOT = Path(__file__).resolve().parents[2]  # so workers import align without an installed package
@@ -45,9 +46,8 @@ def deepspeed_config(name_or_path: str | Path) -> str:
     if path.is_file():
         return str(path.resolve())
     names = sorted(p.stem for p in PRESETS_DIR.glob("*.json"))
-    close = difflib.get_close_matches(str(name_or_path), names, n=2)
-    hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    raise ValueError(f"deepspeed: {name_or_path!r} is neither a preset {names} nor a JSON file{hint}")
+    raise ValueError(f"deepspeed: {name_or_path!r} is neither a preset {names} nor a JSON file"
+                     f"{suggest(str(name_or_path), names)}")
 
 
 @dataclass
@@ -69,8 +69,7 @@ class JobSpec:
         names = [f.name for f in dataclasses.fields(cls)]
         for key in data:
             if key not in names:
-                close = difflib.get_close_matches(key, names, n=2)
-                raise ValueError(f"job spec: unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+                raise ValueError(f"job spec: unknown key {key!r}{suggest(key, names)}")
         missing = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
                    and f.default_factory is dataclasses.MISSING and f.name not in data]
         if missing:
@@ -89,9 +88,8 @@ class JobSpec:
     def check(self) -> None:
         """Every name and path, before any model loads."""
         if self.method not in METHODS:
-            close = difflib.get_close_matches(self.method, list(METHODS), n=1)
             raise ValueError(f"job spec: unknown method {self.method!r}; one of {sorted(METHODS)}"
-                             + (f" (did you mean {close[0]!r}?)" if close else ""))
+                             f"{suggest(self.method, METHODS)}")
         for name in ("model_path", "rows_path", "tokenizer_path", "ref_model_path"):
             value = getattr(self, name)
             if value is not None and not Path(value).exists():

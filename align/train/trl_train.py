@@ -14,11 +14,11 @@ the same functions run on every rank (see align/train/distributed.py).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from pathlib import Path
 from typing import Any, Iterable
 
 from align.train.checkpoints import fit, lora_config
+from rank.plugins import suggest
 
 DPO_FIELDS = ("prompt", "chosen", "rejected")
 SFT_FIELDS = ("prompt", "completion")
@@ -53,10 +53,7 @@ def build_config(config_cls: type, overrides: dict[str, Any], output_dir: str | 
         unknown = [k for k in overrides if k not in names]
         if not unknown:
             raise
-        parts = []
-        for key in unknown:
-            close = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
-            parts.append(f"{key!r}" + (f" (did you mean {', '.join(map(repr, close))}?)" if close else ""))
+        parts = [f"{key!r}{suggest(key, names)}" for key in unknown]
         raise UnknownOptionError(f"unknown {config_cls.__name__} option {'; '.join(parts)}") from err
 
 

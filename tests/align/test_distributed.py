@@ -77,7 +77,7 @@ def test_deepspeed_config_takes_a_path_and_suggests(tmp_path):
     own = tmp_path / "mine.json"
     own.write_text("{}")
     assert deepspeed_config(own) == str(own.resolve())
-    with pytest.raises(ValueError, match="did you mean zero3"):
+    with pytest.raises(ValueError, match="did you mean 'zero3'"):
         deepspeed_config("zero33")
 
 
