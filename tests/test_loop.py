@@ -55,3 +55,12 @@ def test_bad_override_fails_before_anything_loads(capsys):
         rrtf.main(["--base", "tiny", "sample.studnt.n=3"])
     assert e.value.code == 2
     assert "did you mean 'student'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_tiny_default_rrtf_improves_the_student(tmp_path):
+    """The README's first command as shipped (tiny models cached in ~/.cache/rrtf-align/tiny):
+    RRTF must lift the student's held-out greedy pass@1."""
+    res = rrtf.main(["--base", "tiny", "--run-dir", str(tmp_path / "run")])
+    assert res["student_after"]["pass@1"] > res["student_before"]["pass@1"], res
+    assert res["teacher"]["pass@1"] > res["student_before"]["pass@1"], res
