@@ -77,6 +77,7 @@ class TrainConfig:
     args: dict[str, Any] = field(default_factory=dict)        # -> transformers.TrainingArguments
     trl: dict[str, Any] = field(default_factory=dict)         # -> trl.DPOConfig / trl.SFTConfig
     lora: dict[str, Any] | None = None                        # -> peft.LoraConfig
+    model_init_kwargs: dict[str, Any] = field(default_factory=dict)  # -> from_pretrained (dtype, attn_implementation)
     deepspeed: str | None = None     # zero2 | zero3 | zero3_offload | path to a JSON
     launcher: Literal["inprocess", "torchrun", "ray"] = "inprocess"
     num_workers: int = 1             # processes (torchrun) or workers (Ray Train)

@@ -62,9 +62,16 @@ def train_step(cfg: RunConfig, groups: list[RankedGroup], init: str, out_dir: Pa
     write_jsonl(rows_path, rows)
     # TRL's configs extend TrainingArguments: args is shared, trl adds DPOConfig/SFTConfig fields.
     config = {**cfg.train.args, **cfg.train.trl}
+    rank_method = cfg.method in ("rrtf", "rrhf")
+    options = {}
+    if cfg.train.model_init_kwargs:
+        if rank_method:
+            options["model_init_kwargs"] = cfg.train.model_init_kwargs
+        else:
+            config["model_init_kwargs"] = cfg.train.model_init_kwargs
     spec = JobSpec(method=cfg.method, model_path=init, rows_path=str(rows_path), output_dir=str(out_dir),
-                   config=config, deepspeed=cfg.train.deepspeed, lora=cfg.train.lora,
-                   loss={"loss": cfg.train.loss, **cfg.train.loss_args} if cfg.method in ("rrtf", "rrhf") else {})
+                   config=config, deepspeed=cfg.train.deepspeed, lora=cfg.train.lora, options=options,
+                   loss={"loss": cfg.train.loss, **cfg.train.loss_args} if rank_method else {})
     launch = {"inprocess": lambda: run_job(spec),
               "torchrun": lambda: run_torchrun(spec, cfg.train.num_workers),
               "ray": lambda: run_ray(spec, cfg.train.num_workers, cfg.ray_address,

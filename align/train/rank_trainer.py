@@ -180,12 +180,14 @@ class RankTrainer(Trainer):
 
 def train_rank(model_path: str, rows: list[dict], output_dir: str, loss_config: RankLossConfig | dict | None,
                training_args: dict, tokenizer_path: str | None = None, packing: str = "auto",
-               max_length: int = 1024, lora: dict | None = None) -> dict[str, Any]:
+               max_length: int = 1024, lora: dict | None = None,
+               model_init_kwargs: dict | None = None) -> dict[str, Any]:
     """Train a causal LM on rank rows, save model + tokenizer to `output_dir`, return the metrics.
 
     A rerun resumes from the newest checkpoint-N in output_dir (metrics: resumed_from, global_step).
     `lora` (peft.LoraConfig fields) trains an adapter only; output_dir then gets the merged full model and
-    output_dir/adapter the adapter.
+    output_dir/adapter the adapter. `model_init_kwargs` go to `from_pretrained` (e.g. dtype,
+    attn_implementation: "sdpa" or "flash_attention_2" where the device supports it), as TRL's configs do.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 
@@ -198,7 +200,7 @@ def train_rank(model_path: str, rows: list[dict], output_dir: str, loss_config: 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or model_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path, **(model_init_kwargs or {}))
     if lora is not None:
         from peft import get_peft_model
 

@@ -152,3 +152,13 @@ def test_gradient_checkpointing_switches_to_packed(tokenizer, tmp_path):
                           train_dataset=ROWS, processing_class=tokenizer, loss_config={"loss": "rrtf"})
     trainer.train()
     assert trainer.layout == "packed"
+
+
+def test_model_init_kwargs_reach_from_pretrained(model_dir, tmp_path):
+    """dtype / attn_implementation pass through to from_pretrained (bf16 + FlashAttention on GPUs)."""
+    import json
+
+    out = tmp_path / "out64"
+    train_rank(str(model_dir), ROWS, str(out), RankLossConfig(), {"per_device_train_batch_size": 2, "max_steps": 1},
+               model_init_kwargs={"dtype": "float64", "attn_implementation": "eager"})
+    assert json.loads((out / "config.json").read_text())["dtype"] == "float64"
