@@ -78,7 +78,8 @@ class RunDir:
             old = json.loads(man.read_text())
             if old.get("fingerprint") == fp and all((self.root / o).exists() for o in outputs):
                 self.log(f"[{name}] skipped: finished earlier with the same inputs and config")
-                res = StageResult(name, True, 0.0, old.get("stats", {}))
+                # A skipped stage reports the time it took when it ran, so reports stay comparable.
+                res = StageResult(name, True, old.get("seconds", 0.0), old.get("stats", {}))
                 self.results.append(res)
                 return res
         self.log(f"[{name}] running")

@@ -142,7 +142,7 @@ def verdict_summary(candidates: list[Candidate], verdicts: list[Verdict]) -> dic
 def write_report(path: Path, name: str, evals: dict, stages: list, extra: dict) -> None:
     lines = [f"# Run {name}", "", "| model | held-out pass@1 |", "|---|---|"]
     lines += [f"| {k} | {v['pass@1']:.3f} |" for k, v in evals.items()]
-    lines += ["", "| stage | skipped | seconds | stats |", "|---|---|---|---|"]
+    lines += ["", "| stage | skipped now | seconds (when it ran) | stats |", "|---|---|---|---|"]
     lines += [f"| {s.name} | {s.skipped} | {s.seconds:.1f} | {s.stats} |" for s in stages]
     lines += ["", "```", *(f"{k}: {v}" for k, v in extra.items()), "```", ""]
     path.write_text("\n".join(lines))
