@@ -88,7 +88,7 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     max_new_tokens: int = 128
-    benchmarks: list[str] = field(default_factory=list)  # extra: "humaneval:PATH", "mbpp:PATH"
+    benchmarks: list[str] = field(default_factory=list)  # extra suites: "humaneval:PATH", "mbpp:PATH@test", JSONL
 
 
 @dataclass

@@ -23,7 +23,11 @@ CI = [
 def test_tiny_loop_end_to_end_then_resumes(tmp_path, monkeypatch):
     monkeypatch.setenv("RRTF_TINY_CACHE", str(tmp_path / "cache"))
     run_dir = tmp_path / "run"
-    res = rrtf.main(["--base", "tiny", "--run-dir", str(run_dir), *CI])
+    from evol.tasks import generate_problems
+    from rank.records import write_jsonl
+    bench = tmp_path / "mybench.jsonl"
+    write_jsonl(bench, generate_problems(3, split="heldout", seed=7, max_depth=2))
+    res = rrtf.main(["--base", "tiny", "--run-dir", str(run_dir), *CI, f"eval.benchmarks=[{bench}]"])
     for name in ["config.yaml", "problems.jsonl", "heldout.jsonl", "rejected.jsonl", "candidates.jsonl",
                  "verdicts.jsonl", "ranked.jsonl", "eval.json", "report.md", "eval.png", "train/rrtf"]:
         assert (run_dir / name).exists(), name
@@ -31,12 +35,14 @@ def test_tiny_loop_end_to_end_then_resumes(tmp_path, monkeypatch):
     for k in ("student_before", "student_after", "teacher"):
         assert 0.0 <= ev[k]["pass@1"] <= 1.0
     assert res["student_after"] == ev["student_after"]
+    assert set(ev["benchmarks"]["mybench"]) == {"student_before", "teacher", "student_after"}
+    assert ev["benchmarks"]["mybench"]["teacher"]["n_problems"] == 3
     # lineage on evolved problems
     rows = [json.loads(l) for l in (run_dir / "problems.jsonl").read_text().splitlines()]
     assert any(r["lineage"]["round"] == 1 and r["lineage"]["parent"] for r in rows)
 
     t0 = time.time()
-    rrtf.main(["--base", "tiny", "--run-dir", str(run_dir), *CI])
+    rrtf.main(["--base", "tiny", "--run-dir", str(run_dir), *CI, f"eval.benchmarks=[{bench}]"])
     assert time.time() - t0 < 60
     stages = {p.stem: json.loads(p.read_text()) for p in (run_dir / "stages").glob("*.json")}
     assert {"problems", "sample", "execute", "rank", "train-rrtf"} <= set(stages)

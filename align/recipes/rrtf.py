@@ -198,34 +198,46 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
               inputs=[run.path("ranked.jsonl")], outputs=[f"train/{method}"],
               fn=lambda: train_step(cfg, groups, init, out_dir))
 
-    # 7. Greedy pass@1 on held-out problems: student before and after, and the teacher.
-    heldout = read_jsonl(run.path("heldout.jsonl"), Problem)
+    # 7. Greedy pass@1 of the student before and after, and of the teacher: on the held-out problems,
+    #    and on each benchmark in eval.benchmarks ("humaneval:PATH", "mbpp:PATH@test", a JSONL path).
+    suites = {"heldout": (run.path("heldout.jsonl"), lambda: read_jsonl(run.path("heldout.jsonl"), Problem))}
+    for spec in cfg.eval.benchmarks:
+        from evol.seeds import load_seeds
+        kind, _, rest = spec.partition(":")
+        data = Path(rest.rpartition("@")[0] or rest) if rest else Path(spec)
+        suites[kind if rest else data.stem] = (data, partial(load_seeds, spec))
     evals: dict = {}
-    for name, path, stage in [("student_before", student, "eval-student"), ("teacher", teachers[0], "eval-teacher"),
-                              ("student_after", str(out_dir), f"eval-{method}")]:
-        result_path = run.path(f"eval/{stage}.json")
+    for suite, (data, load) in suites.items():
+        for name, path, stage in [("student_before", student, "eval-student"), ("teacher", teachers[0], "eval-teacher"),
+                                  ("student_after", str(out_dir), f"eval-{method}")]:
+            stage = stage if suite == "heldout" else f"{stage}-{suite}"
+            result_path = run.path(f"eval/{stage}.json")
 
-        def evaluate(path=path, stage=stage, result_path=result_path) -> dict:
-            res = evaluate_model(heldout, cfg, path)
-            write_jsonl(run.path(f"eval/{stage}.jsonl"), res.pop("per_problem"))
-            result_path.write_text(json.dumps(res))
-            return {"pass@1": res["pass@1"]}
-        run.stage(stage, config=[path, asdict(cfg.eval), asdict(cfg.execute)],
-                  inputs=[run.path("heldout.jsonl")] + ([out_dir] if name == "student_after" else []),
-                  outputs=[f"eval/{stage}.json"], fn=evaluate)
-        evals[name] = json.loads(result_path.read_text())
+            def evaluate(path=path, stage=stage, result_path=result_path, load=load) -> dict:
+                res = evaluate_model(load(), cfg, path)
+                write_jsonl(run.path(f"eval/{stage}.jsonl"), res.pop("per_problem"))
+                result_path.write_text(json.dumps(res))
+                return {"pass@1": res["pass@1"]}
+            run.stage(stage, config=[path, cfg.eval.max_new_tokens, asdict(cfg.execute)],
+                      inputs=[data] + ([out_dir] if name == "student_after" else []),
+                      outputs=[f"eval/{stage}.json"], fn=evaluate)
+            evals.setdefault(suite, {})[name] = json.loads(result_path.read_text())
+    heldout_evals = evals.pop("heldout")
 
     # 8. Report: eval.json, report.md, a plot, and a table on stdout.
-    result = {k: {"pass@1": v["pass@1"], "n_problems": v["n_problems"]} for k, v in evals.items()}
+    result: dict = {k: {"pass@1": v["pass@1"], "n_problems": v["n_problems"]} for k, v in heldout_evals.items()}
     result["method"] = method
+    result["benchmarks"] = {suite: {k: {"pass@1": v["pass@1"], "n_problems": v["n_problems"]} for k, v in e.items()}
+                            for suite, e in evals.items()}
     run.path("eval.json").write_text(json.dumps(result, indent=1))
-    stages.write_report(run.path("report.md"), cfg.name, evals, run.results,
+    stages.write_report(run.path("report.md"), cfg.name, heldout_evals, run.results,
                         {"method": method, "student": student, "teachers": teachers,
-                         "total_seconds": round(time.time() - t_start, 1)})
-    stages.plot_eval(run.path("eval.png"), evals)
-    print(f"\n{'model':<16}held-out pass@1 ({len(heldout)} problems)")
-    for k, v in evals.items():
-        print(f"{k:<16}{v['pass@1']:.3f}")
+                         "benchmarks": result["benchmarks"], "total_seconds": round(time.time() - t_start, 1)})
+    stages.plot_eval(run.path("eval.png"), heldout_evals)
+    n_heldout = next(iter(heldout_evals.values()))["n_problems"]
+    print(f"\n{'model':<16}held-out pass@1 ({n_heldout} problems)" + "".join(f"  {s}" for s in evals))
+    for k, v in heldout_evals.items():
+        print(f"{k:<16}{v['pass@1']:.3f}" + "".join(f"  {evals[s][k]['pass@1']:.3f}" for s in evals))
     skipped = [r.name for r in run.results if r.skipped]
     print(f"\nstages skipped: {', '.join(skipped) or 'none'}; total {time.time() - t_start:.0f}s; "
           f"artifacts in {run.root}")
