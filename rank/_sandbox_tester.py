@@ -8,7 +8,7 @@ import sys
 import time
 
 from rank._sandbox_plan import plan_tests
-from rank._sandbox_wire import (Closed, Timeout, Unsupported, _hook, _short, encode, frame, recv,
+from rank._sandbox_wire import (Closed, Reader, Timeout, Unsupported, _hook, _short, encode, frame,
                                 strict_eq, write_all)
 
 _BUILTIN_NAMES = frozenset(dir(builtins))
@@ -27,6 +27,7 @@ class Link:
 
     def __init__(self, req_w, resp_r):
         self.req_w, self.resp_r, self.deadline, self.dead = req_w, resp_r, None, None
+        self.reader = Reader(resp_r)
         self.pending, self.mismatch = None, False
         self.heard = False                  # any message from C: proof that C existed
 
@@ -46,7 +47,7 @@ class Link:
         if self.dead:
             raise CandidateError(*self.dead)
         try:
-            msg = recv(self.resp_r, self.deadline, hook=_hook)
+            msg = self.reader.recv(self.deadline, hook=_hook)
             self.heard = True
             if type(msg) is list and msg and type(msg[0]) is str:
                 return msg

@@ -13,8 +13,12 @@ import time
 MAX_MSG = 8 << 20          # bytes; a larger value from C is an error, not a pass
 
 
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode     # json.dumps(obj, separators=...) without
+                                                                # building an encoder per message
+
+
 def frame(obj):
-    data = json.dumps(obj, separators=(",", ":")).encode()
+    data = _ENCODE(obj).encode()
     return struct.pack(">I", len(data)) + data
 
 
@@ -57,6 +61,42 @@ def recv(fd, deadline=None, hook=None):
     if n > MAX_MSG:
         raise ValueError(f"message of {n} bytes exceeds {MAX_MSG}")
     return json.loads(_read_exact(fd, n, deadline), object_hook=hook)
+
+
+class Reader:
+    """Framed messages from one fd that only this process reads, taken in large reads: one read (and one
+    select) can bring several frames, e.g. answers C wrote back to back, or all prefetched calls. A frame
+    already received whole is returned without waiting; otherwise as `recv` (deadline, MAX_MSG)."""
+
+    def __init__(self, fd):
+        self.fd, self.buf = fd, b""
+
+    def _fill(self, need, deadline):
+        chunks, have = [self.buf], len(self.buf)
+        while have < need:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+                    self.buf = b"".join(chunks)
+                    raise Timeout()
+            chunk = os.read(self.fd, min(max(need - have, 1 << 16), 1 << 20))
+            if not chunk:
+                self.buf = b"".join(chunks)
+                raise Closed()
+            chunks.append(chunk)
+            have += len(chunk)
+        self.buf = b"".join(chunks)
+
+    def recv(self, deadline=None, hook=None):
+        if len(self.buf) < 4:
+            self._fill(4, deadline)
+        (n,) = struct.unpack_from(">I", self.buf)
+        if n > MAX_MSG:
+            raise ValueError(f"message of {n} bytes exceeds {MAX_MSG}")
+        if len(self.buf) < 4 + n:
+            self._fill(4 + n, deadline)
+        data, self.buf = self.buf[4:4 + n], self.buf[4 + n:]
+        return json.loads(data, object_hook=hook)
 
 
 class Unsupported(TypeError):
