@@ -8,9 +8,8 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
-from align.pipeline_config import DataConfig, EvolveConfig, ExecuteConfig, SamplingConfig
+from align.pipeline_config import DataConfig, EvolveConfig, SamplingConfig
 from align.prompting import format_prompt
 from rank.extract import extract_code
 from rank.records import Candidate, Problem, RankedGroup, ScoredResponse, Verdict

@@ -1,7 +1,6 @@
 """The whole loop end to end on a CI-sized tiny configuration, and its resumability."""
 import json
 import time
-from pathlib import Path
 
 import pytest
 
