@@ -97,19 +97,7 @@ def candidate_main(code, lim, cwd):
         os._exit(0)
     try:
         exec(obj, ns)
-        names = []
-        for name, value in list(ns.items()):
-            if name.startswith("__"):
-                continue
-            if isinstance(value, type(builtins)):
-                names.append([name, "m", str(getattr(value, "__name__", ""))])
-            elif callable(value):
-                names.append([name, "f"])
-            elif not isinstance(value, (str, bytes, list, tuple, dict, set, frozenset)) or len(value) <= 10000:
-                try:                    # small constants only: a big table would only slow every job
-                    names.append([name, "v", encode(value)])
-                except (Unsupported, RecursionError, ValueError, TypeError):
-                    pass
+        names = _program_names(ns)
         _flush()
         send(4, ["ready", names])
     except BaseException as e:
@@ -127,6 +115,64 @@ def candidate_main(code, lim, cwd):
         send(4, answer)
 
 
+def _program_names(ns):
+    """What the server learns of the program: modules by name, callables as proxies, small constants."""
+    names = []
+    for name, value in list(ns.items()):
+        if name.startswith("__"):
+            continue
+        if isinstance(value, type(builtins)):
+            names.append([name, "m", str(getattr(value, "__name__", ""))])
+        elif callable(value):
+            names.append([name, "f"])
+        elif not isinstance(value, (str, bytes, list, tuple, dict, set, frozenset)) or len(value) <= 10000:
+            try:                    # small constants only: a big table would only slow every job
+                names.append([name, "v", encode(value)])
+            except (Unsupported, RecursionError, ValueError, TypeError):
+                pass
+    return names
+
+
+# A fixed dummy program (never a job's code or tests) that the zygote runs through C's own code paths.
+_WARM_PROGRAM = """from typing import List, Tuple
+import math
+LIMIT = 10
+PAIRS = [(1, 'a'), (2, 'b')]
+def f(xs: List[int], scale: float = 1.0) -> Tuple[int, float]:
+    total = sum(x * x for x in xs if x % 2 == 0)
+    return total, math.sqrt(total) * scale
+class Helper:
+    pass
+"""
+
+
+def _warm_up():
+    """Run C's per-job code paths (compile, exec, the name scan, the codec, framing, reading a request)
+    on the dummy program a dozen times in the zygote, before gc.freeze(): CPython specialises bytecode
+    and fills caches on first runs, and each C would otherwise redo that in copy-on-write pages of its
+    own. No job's data is involved."""
+    try:
+        r, w = os.pipe()
+    except OSError:
+        return
+    try:
+        reader = Reader(r)
+        for _ in range(12):
+            ns = {"__name__": "__candidate__", "__builtins__": builtins}
+            exec(compile(_WARM_PROGRAM, "<candidate>", "exec"), ns)
+            _program_names(ns)
+            send(w, ["call", "f", encode([[1, 2, 3, 4]]), encode({"scale": 2.0})])
+            _, name, args, kwargs = reader.recv(hook=_hook)
+            send(w, ["ok", encode(ns[name](*args, **kwargs))])
+            send(w, ["err", "ValueError", _short(ValueError("x"))])
+            reader.recv(hook=_hook), reader.recv(hook=_hook)
+            _flush()
+    except Exception:                   # only an optimisation: C works the same without it
+        pass
+    finally:
+        os.close(r), os.close(w)
+
+
 def _flush():
     """Push buffered candidate output into the captured memfd before the server reads it."""
     for stream in (sys.stdout, sys.stderr):
@@ -141,6 +187,7 @@ def zygote_main(ctrl):
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)       # children are reaped by the kernel
     for name in WARM:                                   # what candidates commonly import, loaded once
         __import__(name)
+    _warm_up()
     import gc
     gc.freeze()
     while True:

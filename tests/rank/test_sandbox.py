@@ -113,6 +113,17 @@ def test_test_code_may_use_program_helpers_and_values(run):
     assert (v.status, v.passed, v.total) == ("passed", 1, 1), v
 
 
+def test_the_zygote_warm_up_leaves_nothing_in_the_candidate(run):
+    # The zygote runs a fixed dummy program through C's code paths before any job; a candidate must
+    # still start from an empty namespace and see its own definitions of the same names.
+    program = ("def f():\n    return sorted(k for k in globals() if not k.startswith('__'))\n"
+               "def limit():\n    return LIMIT\n")
+    v = run(program, ["assert f() == ['f', 'limit']"])
+    assert (v.status, v.passed, v.total) == ("passed", 1, 1), v
+    v = run(program, ["assert limit() == 10"])            # the dummy program's LIMIT is not there
+    assert (v.status, v.passed) == ("runtime_error", 0), v
+
+
 def test_plain_data_round_trip(run):
     program = code("""
         from collections import Counter, OrderedDict, namedtuple
