@@ -63,15 +63,24 @@ def _free_names(tree):
     import ast
     bound, read = set(), set()
     for n in _walk(tree):
-        if isinstance(n, ast.Name):
-            (read if isinstance(n.ctx, ast.Load) else bound).add(n.id)
-        elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            bound.add(n.name)
-        elif isinstance(n, (ast.Import, ast.ImportFrom)):
-            bound.update((a.asname or a.name).split(".")[0] for a in n.names)
-        elif isinstance(n, ast.arg):
-            bound.add(n.arg)
+        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load):
+            read.add(n.id)
+        else:
+            _bind(n, bound)
     return read - bound
+
+
+def _bind(n, bound):
+    """Add to `bound` the names node `n` binds (assignment targets, defs, imports, arguments)."""
+    import ast
+    if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load):
+        bound.add(n.id)
+    elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        bound.add(n.name)
+    elif isinstance(n, (ast.Import, ast.ImportFrom)):
+        bound.update((a.asname or a.name).split(".")[0] for a in n.names)
+    elif isinstance(n, ast.arg):
+        bound.add(n.arg)
 
 
 class Plan:
@@ -110,14 +119,7 @@ def _planned_calls(statements, candidate, entry, walks=None):
     bound = set(dir(builtins)) | {"__rank_eq__"}
     for stmt in statements:
         for n in (walks[id(stmt)] if walks else _walk(stmt)):
-            if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load):
-                bound.add(n.id)
-            elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                bound.add(n.name)
-            elif isinstance(n, (ast.Import, ast.ImportFrom)):
-                bound.update((a.asname or a.name).split(".")[0] for a in n.names)
-            elif isinstance(n, ast.arg):
-                bound.add(n.arg)
+            _bind(n, bound)
     bound -= {candidate, entry}
     calls = []
 
