@@ -96,6 +96,9 @@ class Verdict:
     duration_s: float = 0.0
     stdout: str = ""
     error: str = ""
+    # One entry per test run, in test order: "pass", "fail", "error", "timeout", "memory",
+    # "unsupported"; tests never reached are absent. Lets rankers compare which tests pass (CodeT).
+    outcomes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -108,6 +111,8 @@ class ScoredResponse:
     status: str
     passed: int = 0
     total: int = 0
+    duration_s: float = 0.0            # the verdict's wall time (runtime tie-breaks)
+    outcomes: list[str] = field(default_factory=list)   # the verdict's per-test outcomes
 
 
 @dataclass

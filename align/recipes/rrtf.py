@@ -177,10 +177,14 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
     def rank() -> dict:
         groups = stages.rank_groups(problems, candidates, verdicts, cfg.rank.strategy)
         write_jsonl(run.path("ranked.jsonl"), groups)
-        return {"groups": len(groups), "dropped": len(problems) - len(groups),
-                "sampled": stages.verdict_summary(candidates, verdicts)}
+        stats = {"groups": len(groups), "dropped": len(problems) - len(groups),
+                 "sampled": stages.verdict_summary(candidates, verdicts)}
+        if cfg.rank.strategies:   # the same verdicts under other rankers, and how much they agree
+            stats["tau_mean"] = stages.rank_agreement(run.root, problems, candidates, verdicts,
+                                                      cfg.rank.strategy, groups, cfg.rank.strategies)
+        return stats
     run.stage("rank", config=asdict(cfg.rank), inputs=[run.path("verdicts.jsonl")],
-              outputs=["ranked.jsonl"], fn=rank)
+              outputs=["ranked.jsonl"] + (["rank-agreement.json"] if cfg.rank.strategies else []), fn=rank)
     groups = read_jsonl(run.path("ranked.jsonl"), RankedGroup)
 
     # 6. Train the student with the method's loss (RRTF by default), or continue from another
