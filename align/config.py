@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import yaml
 
 from rank.plugins import suggest
+from rank.records import write_atomic
 
 T = TypeVar("T")
 
@@ -192,7 +193,7 @@ def to_dict(cfg: Any) -> dict:
 
 
 def dump(cfg: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    write_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def check_keys(target: type, data: dict, where: str) -> None:

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from rank.records import content_id, read_jsonl, write_jsonl
+from rank.records import content_id, read_jsonl, write_atomic, write_jsonl
 
 
 def file_hash(path: str | Path) -> str:
@@ -31,15 +29,6 @@ def file_hash(path: str | Path) -> str:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()[:16]
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -86,7 +75,7 @@ class RunDir:
         t0 = time.time()
         stats = fn() or {}
         res = StageResult(name, False, time.time() - t0, stats)
-        write_text_atomic(man, json.dumps({"fingerprint": fp, "outputs": list(outputs), "stats": stats,
+        write_atomic(man, json.dumps({"fingerprint": fp, "outputs": list(outputs), "stats": stats,
                                            "seconds": res.seconds, "finished": time.time()}, indent=1))
         self.log(f"[{name}] done in {res.seconds:.1f}s {stats}")
         self.results.append(res)

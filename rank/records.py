@@ -8,6 +8,7 @@ Only the standard library is used here: sandbox workers import this module.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -16,7 +17,7 @@ import tempfile
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, TypeVar
+from typing import IO, Any, Iterable, Iterator, TypeVar
 
 STATUSES = (
     "passed", "partial", "failed", "runtime_error", "compile_error",
@@ -249,38 +250,39 @@ def read_jsonl(path: str | os.PathLike, cls: type[T] | None = None) -> list[T]:
     return list(iter_jsonl(path, cls))
 
 
-def write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> int:
-    """Write rows (records or dicts) atomically: a temp file in the same folder, then rename."""
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, binary: bool = False) -> Iterator[IO]:
+    """Open a temp file beside `path` for writing; on success fsync it and rename it onto `path`.
+
+    A reader (or a rerun after `kill -9`) sees the old file or the new one, never half of one:
+    the temp file is in the same folder, so `os.replace` is an atomic rename on one filesystem.
+    On an exception the temp file is removed and `path` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    n = 0
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for r in rows:
-                d = r if isinstance(r, dict) else dataclasses.asdict(r)
-                fh.write(json.dumps(d, ensure_ascii=False) + "\n")
-                n += 1
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8")) as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
-    return n
 
 
-def append_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> None:
-    """Append whole lines and flush: used by resumable writers (a crash loses at most a partial last line,
-    which readers of resumable outputs skip with `iter_jsonl_resumable`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as fh:
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+    """Write `data` (text as UTF-8, or bytes) to `path` atomically: the one writer for artifacts."""
+    with atomic_file(path, binary=isinstance(data, bytes)) as fh:
+        fh.write(data)
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> int:
+    """Write rows (records or dicts) atomically, streaming (see `atomic_file`); returns the row count."""
+    n = 0
+    with atomic_file(path) as fh:
         for r in rows:
-            d = r if isinstance(r, dict) else dataclasses.asdict(r)
-            fh.write(json.dumps(d, ensure_ascii=False) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+            fh.write(json.dumps(r if isinstance(r, dict) else dataclasses.asdict(r), ensure_ascii=False) + "\n")
+            n += 1
+    return n

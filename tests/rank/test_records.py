@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from rank.records import (Candidate, Problem, RecordError, Verdict, content_id, read_jsonl,
+from rank.records import (Candidate, Problem, RecordError, Verdict, content_id, read_jsonl, write_atomic,
                           write_jsonl)
 
 
@@ -75,3 +75,18 @@ def test_write_is_atomic_on_failure(tmp_path):
         write_jsonl(p, rows())
     assert read_jsonl(p) == [{"a": 1}]
     assert [f.name for f in tmp_path.iterdir()] == ["out.jsonl"]
+
+
+def test_write_atomic_text_and_bytes_and_keeps_old_file_on_failure(tmp_path, monkeypatch):
+    p = tmp_path / "sub" / "eval.json"
+    write_atomic(p, '{"pass@1": 0.5}')
+    assert p.read_text() == '{"pass@1": 0.5}'
+    write_atomic(p, b"\x00\x01")
+    assert p.read_bytes() == b"\x00\x01"
+    # A crash between writing and renaming (here: fsync fails) leaves the old file and no temp file.
+    import os
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError("disk gone")))
+    with pytest.raises(OSError, match="disk gone"):
+        write_atomic(p, "new")
+    assert p.read_bytes() == b"\x00\x01"
+    assert [f.name for f in p.parent.iterdir()] == ["eval.json"]
