@@ -14,10 +14,13 @@ import hashlib
 import json
 import os
 import tempfile
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, TypeVar
+
+from rank.typed import FieldError, build
+
+T = TypeVar("T")
 
 STATUSES = (
     "passed", "partial", "failed", "runtime_error", "compile_error",
@@ -119,94 +122,21 @@ class RankedGroup:
     responses: list[ScoredResponse]   # sorted best first
 
 
-# ---------------------------------------------------------------- validation
-
-def _check(value: Any, tp: Any, where: str) -> Any:
-    """Check `value` against annotation `tp`; convert nested dataclasses. Raises TypeError(where, msg)."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _check(value, a, where)
-            except _FieldError as e:
-                errors.append(e)
-        raise errors[0] if errors else _FieldError(where, f"unexpected null")
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise _FieldError(where, f"expected an object, got {type(value).__name__}")
-        return _from_dict(tp, value, prefix=where + ".")
-    if origin is list:
-        if not isinstance(value, list):
-            raise _FieldError(where, f"expected a list, got {type(value).__name__}")
-        (inner,) = typing.get_args(tp) or (Any,)
-        return [_check(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise _FieldError(where, f"expected an object, got {type(value).__name__}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise _FieldError(where, f"expected a number, got {type(value).__name__}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _FieldError(where, f"expected an integer, got {type(value).__name__}")
-        return value
-    if isinstance(tp, type):
-        if not isinstance(value, tp):
-            raise _FieldError(where, f"expected {tp.__name__}, got {type(value).__name__}")
-        return value
-    return value
-
-
-class _FieldError(Exception):
-    def __init__(self, field: str, message: str):
-        super().__init__(message)
-        self.field, self.message = field, message
-
-
-T = TypeVar("T")
-
-
-def _from_dict(cls: type[T], row: dict, prefix: str = "") -> T:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(row) - names)
-    if unknown:
-        raise _FieldError(prefix + unknown[0], f"unknown field for {cls.__name__} "
-                          f"(known: {', '.join(sorted(names))})")
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        where = prefix + f.name
-        if f.name not in row:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise _FieldError(where, f"missing (required by {cls.__name__})")
-            continue
-        kwargs[f.name] = _check(row[f.name], hints[f.name], where)
-    return cls(**kwargs)
-
+# ---------------------------------------------------------------- validation (rank.typed + these rules)
 
 def _validate_semantics(obj: Any) -> None:
     if isinstance(obj, Verdict):
         if obj.status not in STATUSES:
-            raise _FieldError("status", f"{obj.status!r} is not one of {', '.join(STATUSES)}")
+            raise FieldError("status", f"{obj.status!r} is not one of {', '.join(STATUSES)}")
         if not 0 <= obj.passed <= obj.total:
-            raise _FieldError("passed", f"must be within 0..total ({obj.total}), got {obj.passed}")
+            raise FieldError("passed", f"must be within 0..total ({obj.total}), got {obj.passed}")
     if isinstance(obj, Candidate) and obj.role not in ROLES:
-        raise _FieldError("role", f"{obj.role!r} is not one of {', '.join(ROLES)}")
+        raise FieldError("role", f"{obj.role!r} is not one of {', '.join(ROLES)}")
     if isinstance(obj, Problem):
         if not obj.tests and not obj.test:
-            raise _FieldError("tests", "a problem needs 'tests' (snippets) or 'test' (a check function)")
+            raise FieldError("tests", "a problem needs 'tests' (snippets) or 'test' (a check function)")
         if not obj.entry_point.isidentifier():
-            raise _FieldError("entry_point", f"{obj.entry_point!r} is not a Python identifier")
+            raise FieldError("entry_point", f"{obj.entry_point!r} is not a Python identifier")
 
 
 def from_dict(cls: type[T], row: Any, *, file: str | None = None, line: int | None = None) -> T:
@@ -214,10 +144,10 @@ def from_dict(cls: type[T], row: Any, *, file: str | None = None, line: int | No
     if not isinstance(row, dict):
         raise RecordError(f"expected a JSON object, got {type(row).__name__}", file=file, line=line)
     try:
-        obj = _from_dict(cls, row)
+        obj = build(cls, row)
         _validate_semantics(obj)
         return obj
-    except _FieldError as e:
+    except FieldError as e:
         raise RecordError(e.message, file=file, line=line, field=e.field) from None
 
 
