@@ -13,7 +13,7 @@ from pathlib import Path
 from align.pipeline_config import DataConfig, EvolveConfig, SamplingConfig
 from align.prompting import format_prompt
 from rank.extract import extract_code
-from rank.records import Candidate, Problem, RankedGroup, ScoredResponse, Verdict
+from rank.records import Candidate, Problem, RankedGroup, ScoredResponse, Verdict, write_atomic
 from rank.strategies import get_strategy
 
 
@@ -166,7 +166,7 @@ def write_report(path: Path, name: str, evals: dict, stages: list, extra: dict) 
     lines += ["", "| stage | skipped now | seconds (when it ran) | stats |", "|---|---|---|---|"]
     lines += [f"| {s.name} | {s.skipped} | {s.seconds:.1f} | {s.stats} |" for s in stages]
     lines += ["", "```", *(f"{k}: {v}" for k, v in extra.items()), "```", ""]
-    path.write_text("\n".join(lines))
+    write_atomic(path, "\n".join(lines))
 
 
 def plot_eval(path: Path, evals: dict) -> None:
