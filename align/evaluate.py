@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 from align.prompting import format_prompt
 from rank.extract import extract_code
-from rank.records import Problem
+from rank.records import Problem, write_atomic
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -107,8 +107,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     params = SamplingParams(n=a.n, temperature=a.temperature, max_new_tokens=a.max_new_tokens)
     res = evaluate(problems, backend, params, SandboxConfig(workers=a.workers, unsafe=a.unsafe), ks=a.k)
     if a.out:
-        with open(a.out, "w") as fh:
-            json.dump(res, fh, indent=1)
+        write_atomic(a.out, json.dumps(res, indent=1))
     print(json.dumps({k: v for k, v in res.items() if k != "per_problem"}))
     return res
 

@@ -40,7 +40,7 @@ from typing import Any, Callable
 from align.prompting import EOS, FIM_MIDDLE, FIM_PAD, FIM_PREFIX, FIM_SUFFIX, SPECIAL_TOKENS, format_example, \
     format_prompt
 from evol import tasks as T
-from rank.records import Problem, content_id
+from rank.records import Problem, content_id, write_atomic
 
 BUILD_VERSION = 1   # bump when the training recipe changes, so caches are not reused across recipes
 
@@ -179,7 +179,7 @@ def _lr(step: int, cfg: TinyConfig) -> float:
 def _save(model, tok, path: Path, info: dict) -> None:
     model.save_pretrained(path)
     tok.save_pretrained(path)
-    (path / "tiny_build.json").write_text(json.dumps(info, indent=1))
+    write_atomic(path / "tiny_build.json", json.dumps(info, indent=1))
 
 
 def build_tiny(cfg: TinyConfig = TinyConfig(), log: Callable[[str], None] = print) -> TinyModels:
@@ -236,7 +236,7 @@ def build_tiny(cfg: TinyConfig = TinyConfig(), log: Callable[[str], None] = prin
     info = {"config": dataclasses.asdict(cfg), "key": cfg.key(), "build_s": time.time() - t0,
             "train_s": train_s, "steps_per_s": cfg.teacher_steps / train_s, "params": n_params,
             "losses": losses}
-    (tmp / "build.json").write_text(json.dumps(info))
+    write_atomic(tmp / "build.json", json.dumps(info))
     if root.exists():                      # a half-built leftover from a killed run
         shutil.rmtree(root)
     os.replace(tmp, root)                  # atomic: the cache holds a whole build or nothing

@@ -266,6 +266,7 @@ def test_verdict_rules(report, expected):
     v = verdict_from_report(Job(id="j", code="", tests=["a", "b"]), report)
     assert (v.status, v.passed) == expected
     assert v.status != "passed" or report.get("done")
+    assert v.outcomes.count("pass") == v.passed      # the per-test record agrees (rank.strategies.codet)
 
 
 # ---------------------------------------------------------------- reference data
