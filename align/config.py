@@ -101,9 +101,10 @@ def merge(base: dict, top: dict) -> dict:
     return out
 
 
-def load(cls: type[T], files: list[str | Path], overrides: list[str] = ()) -> T:
-    """Load `cls` from YAML files (later ones win) then overrides; errors name file:line or the override."""
-    data: dict = {}
+def load(cls: type[T], files: list[str | Path], overrides: list[str] = (), base: dict | None = None) -> T:
+    """Load `cls` from `base`, then YAML files (later ones win), then overrides; errors name file:line or
+    the override."""
+    data: dict = dict(base or {})
     for f in expand_defaults(files):
         layer, lines = load_yaml(f)
         layer.pop("defaults", None)

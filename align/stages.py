@@ -127,8 +127,7 @@ def rank_agreement(root: Path, problems: dict[str, Problem], candidates: list[Ca
     """Rank the same verdicts with each of `others` (ranked-<name>.jsonl), compare every strategy
     with every other (rank-agreement.json and .md in `root`); returns the mean tau per pair."""
     from rank.agreement import agreement, markdown
-    from align.rundir import write_text_atomic as write_atomic   # rank.records.write_atomic once it lands
-    from rank.records import write_jsonl
+    from rank.records import write_atomic, write_jsonl
 
     rankings = {strategy: groups}
     for name in others:
