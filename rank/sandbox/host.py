@@ -161,7 +161,8 @@ def verdict_from_report(job: Job, report: dict, limit: int = 4096) -> Verdict:
         errors.append("job exceeded job_timeout_s; tests not reached count as not passed")
     return Verdict(candidate_id=job.id, status=status, passed=min(passed, total), total=total,
                    duration_s=round(float(report.get("duration_s", 0.0)), 6),
-                   stdout=str(report.get("stdout", ""))[:limit + 80], error="\n".join(errors)[:limit],
+                   stdout=proto.clean_text(str(report.get("stdout", "")), limit + 80),
+                   error=proto.clean_text("\n".join(map(str, errors)), limit),
                    outcomes=[] if status == "sandbox_error" or report.get("load") not in (None, "ok")
                    else [str(o) for o in outcomes[:total]])
 
