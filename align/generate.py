@@ -103,13 +103,15 @@ class HFBackend:
     def generate(self, prompts: list[str], params: SamplingParams) -> list[list[str]]:
         import torch
 
+        from align.tokenization import prompt_ids_batch
+
         if not prompts:
             return []
         greedy = params.temperature == 0
         # Greedy gives n identical answers: decode once, copy n times.
         n_seq = 1 if greedy else params.n
         per_batch = max(1, self.batch_size // n_seq)
-        ids = self.tokenizer(prompts)["input_ids"]     # the tokenizer's own special tokens (BOS for Llama)
+        ids = prompt_ids_batch(self.tokenizer, prompts)   # align.tokenization: one rule with training
         order = sorted(range(len(prompts)), key=lambda i: -len(ids[i]))
         stops = list(dict.fromkeys([s for s in [*params.stop, *self.stop_tokens] if s]))
         out: list[list[str]] = [[] for _ in prompts]
