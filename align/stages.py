@@ -87,20 +87,16 @@ def execute_shard(rows: list[dict], cfg: dict) -> list[dict]:
     `cfg` is an ExecuteConfig as a dict (plain data, so the call can be a Ray task)."""
     from rank.sandbox import Job, SandboxConfig, run_jobs
 
-    jobs = [Job(id=r["id"], code=r["code"], tests=r["tests"]) if r.get("tests")
-            else Job(id=r["id"], code=r["code"], test=r["test"], entry_point=r["entry_point"])
-            for r in rows]
+    jobs = [Job(**r) for r in rows]
     sc = SandboxConfig(workers=cfg["workers"], timeout_s=cfg["timeout_s"], unsafe=cfg["unsafe"])
     return [asdict(v) for v in run_jobs(jobs, sc)]
 
 
 def execution_rows(candidates: list[Candidate], problems: dict[str, Problem]) -> list[dict]:
-    rows = []
-    for c in candidates:
-        p = problems[c.problem_id]
-        rows.append({"id": c.id, "code": c.code, "tests": p.tests, "test": p.test,
-                     "entry_point": p.entry_point})
-    return rows
+    """One sandbox job per candidate (rank.sandbox.job_for), as plain dicts for Ray tasks."""
+    from rank.sandbox import job_for
+
+    return [asdict(job_for(problems[c.problem_id], c.code, c.id)) for c in candidates]
 
 
 # ------------------------------------------------------------------ ranking
