@@ -23,11 +23,11 @@ from align import fanout, stages
 from align.config import ConfigError, dump
 from align.pipeline_config import ModelSpec, RunConfig
 from align.recipes import cli
-from align.rundir import RunDir, write_text_atomic
+from align.rundir import RunDir
 from align.templates import get_template
 from evol.seeds import load_source
 from rank.plugins import UnknownNameError
-from rank.records import Candidate, Problem, RankedGroup, Verdict, read_jsonl, write_jsonl
+from rank.records import Candidate, Problem, RankedGroup, Verdict, read_jsonl, write_atomic, write_jsonl
 
 
 def resolve_models(cfg: RunConfig, log) -> dict[str, str]:
@@ -167,10 +167,14 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
     def rank() -> dict:
         groups = stages.rank_groups(problems, candidates, verdicts, cfg.rank.strategy)
         write_jsonl(run.path("ranked.jsonl"), groups)
-        return {"groups": len(groups), "dropped": len(problems) - len(groups),
-                "sampled": stages.verdict_summary(candidates, verdicts)}
+        stats = {"groups": len(groups), "dropped": len(problems) - len(groups),
+                 "sampled": stages.verdict_summary(candidates, verdicts)}
+        if cfg.rank.strategies:   # the same verdicts under other rankers, and how much they agree
+            stats["tau_mean"] = stages.rank_agreement(run.root, problems, candidates, verdicts,
+                                                      cfg.rank.strategy, groups, cfg.rank.strategies)
+        return stats
     run.stage("rank", config=asdict(cfg.rank), inputs=[run.path("verdicts.jsonl")],
-              outputs=["ranked.jsonl"], fn=rank)
+              outputs=["ranked.jsonl"] + (["rank-agreement.json"] if cfg.rank.strategies else []), fn=rank)
     groups = read_jsonl(run.path("ranked.jsonl"), RankedGroup)
 
     # 6. Train the student with the method's loss (RRTF by default), or continue from another
@@ -199,7 +203,6 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
                   fn=lambda spec=spec, name=name: {"problems": write_jsonl(
                       run.path(suites[name]), load_source(spec, cfg.eval.limit))})
     evals: dict = {}
-    final = lambda: [f for f in sorted(out_dir.iterdir()) if f.is_file()]   # noqa: E731  weights, not checkpoints
     for suite, data in suites.items():
         for name, spec, path, stage in [
                 ("student_before", cfg.models.student, student, "eval-student"),
@@ -211,10 +214,12 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
             def evaluate(path=path, stage=stage, result_path=result_path, data=data, spec=spec) -> dict:
                 res = evaluate_model(read_jsonl(run.path(data), Problem), cfg, spec, path)
                 write_jsonl(run.path(f"eval/{stage}.jsonl"), res.pop("per_problem"))
-                write_text_atomic(result_path, json.dumps(res))
+                write_atomic(result_path, json.dumps(res))
                 return {k: v for k, v in res.items() if k.startswith("pass@")}
-            run.stage(stage, config=[path, asdict(spec), asdict(cfg.eval), asdict(cfg.execute)],
-                      inputs=[run.path(data)] + (final() if name == "student_after" else []),
+            # The trained model is fingerprinted by its final weights (cached hashes), not its checkpoints.
+            weights = run.model_fingerprint(out_dir) if name == "student_after" else None
+            run.stage(stage, config=[path, asdict(spec), asdict(cfg.eval), asdict(cfg.execute), weights],
+                      inputs=[run.path(data)],
                       outputs=[f"eval/{stage}.json"], fn=evaluate)
             evals.setdefault(suite, {})[name] = json.loads(result_path.read_text())
     heldout_evals = evals.pop("heldout")
@@ -224,7 +229,7 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
     result: dict = {k: keep(v) for k, v in heldout_evals.items()}
     result["method"] = method
     result["benchmarks"] = {suite: {k: keep(v) for k, v in e.items()} for suite, e in evals.items()}
-    write_text_atomic(run.path("eval.json"), json.dumps(result, indent=1))
+    write_atomic(run.path("eval.json"), json.dumps(result, indent=1))
     stages.write_report(run.path("report.md"), cfg.name, heldout_evals, run.results,
                         {"method": method, "student": student, "teachers": teachers,
                          "benchmarks": result["benchmarks"], "total_seconds": round(time.time() - t_start, 1)})
