@@ -42,8 +42,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from align.rundir import file_hash, write_text_atomic
+from align.rundir import file_hash
 from rank.plugins import suggest
+from rank.records import write_atomic
 
 log = logging.getLogger(__name__)
 PRESETS_DIR = Path(__file__).with_name("deepspeed")
@@ -212,7 +213,7 @@ def run_job(spec: JobSpec) -> dict[str, Any]:
     metrics = METHODS[spec.method](spec, read_rows(spec.rows_path), config)
     metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool, type(None)))}
     if int(os.environ.get("RANK", "0")) == 0:
-        write_text_atomic(Path(spec.output_dir) / "metrics.json", json.dumps(metrics, indent=1))
+        write_atomic(Path(spec.output_dir) / "metrics.json", json.dumps(metrics, indent=1))
     return metrics
 
 
@@ -235,13 +236,13 @@ def prepare_output(spec: JobSpec, world_size: int) -> list[str]:
         if removed:
             log.warning("%s: removed %s, written under another job (fingerprint %s, now %s)",
                         out, ", ".join(removed), old, fp)
-    write_text_atomic(marker, json.dumps({"fingerprint": fp, "world_size": world_size}))
+    write_atomic(marker, json.dumps({"fingerprint": fp, "world_size": world_size}))
     return removed
 
 
 def _write_spec(spec: JobSpec) -> Path:
     path = Path(spec.output_dir) / "job.json"
-    write_text_atomic(path, json.dumps(spec.to_dict(), indent=1))
+    write_atomic(path, json.dumps(spec.to_dict(), indent=1))
     return path
 
 
