@@ -322,7 +322,7 @@ def run_ray(spec: JobSpec, num_workers: int, address: str | None = None,
     spec_path = _write_spec(spec)
     token = os.urandom(8).hex()
     marker = Path(spec.output_dir) / f".driver-{token}"
-    marker.write_text(socket.gethostname())
+    write_atomic(marker, socket.gethostname())
     started = not ray.is_initialized()
     if started and address is None:
         # "local" starts a private instance even where another user's `ray start` cluster is running.
