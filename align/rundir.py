@@ -30,7 +30,7 @@ def file_hash(path: str | Path) -> str:
 
 # Files a training run writes beside the model that do not change what the model computes.
 _NOT_MODEL = {"metrics.json", "job.json", "training_args.bin", "trainer_state.json", "README.md",
-              "tiny_build.json"}
+              "tiny_build.json", "log_history.jsonl"}
 
 
 def _stream_hash(path: Path) -> str:
