@@ -76,8 +76,10 @@ class SandboxConfig:
 class Job:
     """One candidate program and its tests: independent snippets in `tests`, or a HumanEval-style
     `check(candidate)` function in `test` with `entry_point` (then `code` is the whole program).
-    With snippets, `entry_point` is optional: it names the function under test, which may then shadow
-    a builtin (`def sum(a, b)`); other program names that shadow builtins are hidden from the tests."""
+    Build it from a Problem with rank.sandbox.job_for. The tests take from the program only the
+    `entry_point` (for snippets optional: without it, the names they read but neither bind nor find
+    among the builtins) and the functions `prompt` declares without implementing; what `prompt`
+    implements runs in the server (docs/sandbox.md)."""
     id: str
     code: str
     tests: list[str] | None = None

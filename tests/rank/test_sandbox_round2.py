@@ -105,6 +105,16 @@ def test_a_job_runs_once_so_a_second_try_cannot_pass(one, tests):
     assert v.status == "failed" and v.passed == 0, v
 
 
+def test_answers_stay_aligned_when_a_step_is_cut_short(one):
+    """Calls sent ahead (prefetch): when a test raises before it reads all its answers, the rest are
+    dropped, so the next test reads its own answer and not a left-over one."""
+    program = "def g(x):\n    raise ValueError(x)\ndef f(x):\n    return x * 10\ndef h(x):\n    return x\n"
+    job = Job(id="aligned", code=program, tests=["assert g(1) + f(7) == 0", "assert h(5) == 5",
+                                                  "assert [f(1), g(2), f(3)] == []", "assert h(6) == 6"])
+    (v,) = one.run([job])
+    assert (v.status, v.passed, v.outcomes) == ("partial", 2, ["error", "pass", "error", "pass"]), v
+
+
 @pytest.mark.parametrize("answer", [
     "'\\ud800' * 100",                                       # a lone surrogate
     "'x' * (6 << 20)",                                       # megabytes of text
