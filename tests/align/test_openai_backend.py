@@ -181,6 +181,18 @@ def test_api_key_is_sent_but_never_written(openai_server, proxy_factory, tmp_pat
     b.generate(PROMPTS[:2], SamplingParams(n=1, max_new_tokens=8))
     assert proxy.auth == {f"Bearer {secret}"}         # it was used ...
     assert secret not in repr(vars(b.options))
+
+    from align.generate import main          # the sampling CLI, as a user runs it
+    from evol.tasks import generate_problems
+    from rank.records import write_jsonl
+
+    write_jsonl(tmp_path / "problems.jsonl", generate_problems(3, seed=0))
+    args = ["--model", openai_server.model, "--backend", "openai", "--base-url", proxy.base_url,
+            "--api-key-env", "MY_TEACHER_KEY", "-o", f"cache_dir={tmp_path / 'cache'}", "-o", "max_concurrency=2",
+            "--in", str(tmp_path / "problems.jsonl"), "--out", str(tmp_path / "out" / "cands.jsonl"),
+            "--n", "2", "--max-new-tokens", "8"]
+    assert main(args)["usage"]["requests"] == 6
+    assert main(args)["candidates_written"] == 0     # a rerun: nothing to do
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert written
     for path in written:                              # ... and written nowhere
