@@ -132,18 +132,22 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
 
         fanout.init_ray(cfg.ray_address, cfg.num_cpus)
         rows = [asdict(p) for p in problems.values()]
-        out = []
+        out, usage = [], {}
         for spec, path, role in roles:
-            actor = ray.remote(**stages.actor_resources(spec))(stages.Sampler)
-            actors = [actor.remote(asdict(spec), path, role) for _ in range(spec.replicas)]
+            # Restarted when its process dies; a shard whose actor is gone is re-run on another.
+            actors = fanout.start_actors(stages.Sampler, (asdict(spec), path, role), spec.replicas,
+                                         stages.actor_resources(spec))
             fp = run.fingerprint([asdict(spec), path, role], [run.path("problems.jsonl")])
             out += run.sharded(f"sample-{role}-{spec.ref.replace('/', '_').replace(':', '_')}", rows,
                                cfg.sample.shard_size, None, fp,
-                               executor=lambda _fn, shards: fanout.actor_map(actors, "sample", shards))
+                               executor=lambda _fn, shards: fanout.actor_map(actors, "sample", shards, fanout.Progress(
+                                   sum(map(len, shards)), f"[sample] {role} {spec.ref}", "problems", log)))
+            counts = ray.get([a.usage.remote() for a in actors])   # requests, tokens, cache hits, retries
+            usage[spec.ref] = {k: sum(c.get(k, 0) for c in counts) for k in counts[0]} if counts else {}
             for a in actors:
                 ray.kill(a)
         write_jsonl(run.path("candidates.jsonl"), out)
-        return {"candidates": len(out)}
+        return {"candidates": len(out), "usage": usage}
     run.stage("sample", config=[asdict(cfg.sample), [asdict(s) for s, _, _ in roles], models],
               inputs=[run.path("problems.jsonl")], outputs=["candidates.jsonl"], fn=sample)
     candidates = read_jsonl(run.path("candidates.jsonl"), Candidate)
@@ -156,7 +160,9 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
         fn = partial(stages.execute_shard, cfg=asdict(cfg.execute))
         verdicts = run.sharded("execute", rows, cfg.execute.shard_size, fn, fp,
                                # two sandbox workers per core keep a core busy (docs/sandbox.md)
-                               executor=lambda f, shards: fanout.ray_map(f, shards, max(1, cfg.execute.workers // 2)))
+                               executor=lambda f, shards: fanout.ray_map(
+                                   f, shards, max(1, cfg.execute.workers // 2),
+                                   progress=fanout.Progress(sum(map(len, shards)), "[execute]", "candidates", log)))
         write_jsonl(run.path("verdicts.jsonl"), verdicts)
         return {"verdicts": len(verdicts)}
     run.stage("execute", config=asdict(cfg.execute), inputs=[run.path("candidates.jsonl")],
