@@ -25,6 +25,7 @@ from align.pipeline_config import ModelSpec, RunConfig
 from align.recipes import cli
 from align.rundir import RunDir
 from align.templates import get_template
+from align.train.launch import train_from_groups
 from evol.seeds import load_source
 from rank.plugins import UnknownNameError
 from rank.records import Candidate, Problem, RankedGroup, Verdict, read_jsonl, write_atomic, write_jsonl
@@ -36,38 +37,6 @@ def resolve_models(cfg: RunConfig, log) -> dict[str, str]:
 
     specs = [cfg.models.student, *cfg.models.teachers]
     return {s.ref: resolve_ref(s.ref, cfg.tiny, log) for s in specs}
-
-
-def train_step(cfg: RunConfig, groups: list[RankedGroup], init: str, out_dir: Path) -> dict:
-    """Build the method's training set from ranked groups and train `init` into out_dir
-    (in this process, under torchrun, or as a Ray Train job: train.launcher)."""
-    from align.train.datasets import build_rows
-    from align.train.distributed import JobSpec, run_job, run_ray, run_torchrun
-
-    rows = build_rows(cfg.train.dataset or cfg.method, groups, **cfg.train.dataset_args)
-    if not rows:
-        raise RuntimeError(f"no training rows for {cfg.method}: every group was dropped by the ranking "
-                           f"strategy or the builder (see ranked.jsonl)")
-    rows_path = out_dir.parent / f"{cfg.method}-rows.jsonl"
-    write_jsonl(rows_path, rows)
-    # TRL's configs extend TrainingArguments: args is shared, trl adds DPOConfig/SFTConfig fields.
-    config = {**cfg.train.args, **cfg.train.trl}
-    rank_method = cfg.method in ("rrtf", "rrhf")
-    options = {}
-    if cfg.train.model_init_kwargs:
-        if rank_method:
-            options["model_init_kwargs"] = cfg.train.model_init_kwargs
-        else:
-            config["model_init_kwargs"] = cfg.train.model_init_kwargs
-    spec = JobSpec(method=cfg.method, model_path=init, rows_path=str(rows_path), output_dir=str(out_dir),
-                   config=config, deepspeed=cfg.train.deepspeed, lora=cfg.train.lora, options=options,
-                   loss={"loss": cfg.train.loss, **cfg.train.loss_args} if rank_method else {})
-    launch = {"inprocess": lambda: run_job(spec),
-              "torchrun": lambda: run_torchrun(spec, cfg.train.num_workers),
-              "ray": lambda: run_ray(spec, cfg.train.num_workers, cfg.ray_address,
-                                     use_gpu=cfg.train.num_gpus_per_node > 0 and cfg.base != "tiny")}
-    metrics = launch[cfg.train.launcher]()
-    return {"rows": len(rows), **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
 
 
 def evaluate_model(problems: list[Problem], cfg: RunConfig, spec: ModelSpec, path: str) -> dict:
@@ -196,7 +165,7 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
     out_dir = run.path(f"train/{method}")
     run.stage(f"train-{method}", config=[cfg.method, asdict(cfg.train), init],
               inputs=[run.path("ranked.jsonl")], outputs=[f"train/{method}"],
-              fn=lambda: train_step(cfg, groups, init, out_dir))
+              fn=lambda: train_from_groups(cfg.train, method, groups, init, out_dir, cfg.ray_address))
 
     # 7. pass@1 of the student before and after, and of the first teacher, each with its own backend
     #    and template: on the held-out problems and on each benchmark (eval.benchmarks; by default
