@@ -60,6 +60,10 @@ class Sampler:
         self.params = SamplingParams(**spec["sample"])
         self.backend = load_backend(spec["backend"], model_path, **spec["options"])
 
+    def usage(self) -> dict:
+        """The backend's counters (requests, tokens, cache hits, retries) for the stage's stats."""
+        return dict(getattr(self.backend, "usage", {}))
+
     def sample(self, problems: list[dict]) -> list[dict]:
         probs = [from_dict(Problem, p) for p in problems]
         outs = generate_texts(self.backend, self.template, probs, self.params)
@@ -74,12 +78,12 @@ class Sampler:
 
 
 def actor_resources(spec: Any) -> dict:
-    """Ray actor options for a model entry: what its backend needs (GPUs for vllm/hf on cuda)."""
-    from align import generate
+    """Ray actor options for a model entry: what its backend needs (GPUs for vllm, hf on cuda). Call
+    after Ray is up: an hf entry with device "auto" asks for a GPU when the cluster has one."""
+    from align.fanout import gpus_available
+    from align.generate import backend_resources
 
-    if hasattr(generate, "backend_resources"):
-        return generate.backend_resources(spec.backend, spec.options)
-    return {"num_cpus": 1}
+    return backend_resources(spec.backend, spec.options, gpus_available())
 
 
 # ------------------------------------------------------------------ benchmarks
