@@ -19,7 +19,7 @@ from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
-from align import fanout, stages
+from align import fanout, report, stages
 from align.config import ConfigError, dump
 from align.pipeline_config import ModelSpec, RunConfig
 from align.recipes import cli
@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
                   fn=lambda spec=spec, name=name: {"problems": write_jsonl(
                       run.path(suites[name]), load_source(spec, cfg.eval.limit))})
     evals: dict = {}
+    eval_stages: dict = {}     # suite -> model label -> stage (its artifacts eval/<stage>.json(l)): the report's input
     for suite, data in suites.items():
         for name, spec, path, stage in [
                 ("student_before", cfg.models.student, student, "eval-student"),
@@ -197,22 +198,19 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
                       inputs=[run.path(data)],
                       outputs=[f"eval/{stage}.json"], fn=evaluate)
             evals.setdefault(suite, {})[name] = json.loads(result_path.read_text())
+            eval_stages.setdefault(suite, {})[name] = stage
     heldout_evals = evals.pop("heldout")
 
-    # 8. Report: eval.json, report.md, a plot, and a table on stdout.
+    # 8. Report: eval.json, report.md with its figures (align.report), and a table on stdout.
     keep = lambda v: {k: x for k, x in v.items() if k.startswith("pass@") or k in ("n_problems", "n_samples")}  # noqa: E731
     result: dict = {k: keep(v) for k, v in heldout_evals.items()}
     result["method"] = method
     result["benchmarks"] = {suite: {k: keep(v) for k, v in e.items()} for suite, e in evals.items()}
     write_atomic(run.path("eval.json"), json.dumps(result, indent=1))
-    stages.write_report(run.path("report.md"), cfg.name, heldout_evals, run.results,
-                        {"method": method, "student": student, "teachers": teachers,
-                         "benchmarks": result["benchmarks"], "total_seconds": round(time.time() - t_start, 1)})
-    stages.plot_eval(run.path("eval.png"), heldout_evals)
-    n_heldout = next(iter(heldout_evals.values()))["n_problems"]
-    print(f"\n{'model':<16}held-out pass@1 ({n_heldout} problems)" + "".join(f"  {s}" for s in evals))
-    for k, v in heldout_evals.items():
-        print(f"{k:<16}{v['pass@1']:.3f}" + "".join(f"  {evals[s][k]['pass@1']:.3f}" for s in evals))
+    print("\n" + report.write_report(run, title=cfg.name, method=method, evals=eval_stages, train_dir=out_dir,
+                                      models={"student": cfg.models.student.ref,
+                                              "teachers": ", ".join(t.ref for t in cfg.models.teachers)},
+                                      total_s=time.time() - t_start))
     skipped = [r.name for r in run.results if r.skipped]
     print(f"\nstages skipped: {', '.join(skipped) or 'none'}; total {time.time() - t_start:.0f}s; "
           f"artifacts in {run.root}")
