@@ -187,14 +187,14 @@ if __name__ == "__main__":
     import argparse
     import json
 
-    from evol.seeds import load_seeds
+    from evol.seeds import load_source
 
     ap = argparse.ArgumentParser(description="Dedup and decontaminate a Problem JSONL (prints a summary).")
     ap.add_argument("problems")
     ap.add_argument("--against", nargs="*", default=[], help="benchmark sources, e.g. humaneval:PATH mbpp:PATH")
     a = ap.parse_args()
-    rows = load_seeds(a.problems)
+    rows = load_source(a.problems)
     rows, d1 = exact_dedup(rows)
     rows, d2 = near_dedup(rows)
-    rows, d3 = decontaminate(rows, benchmark_texts([p for s in a.against for p in load_seeds(s)]))
+    rows, d3 = decontaminate(rows, benchmark_texts([p for s in a.against for p in load_source(s)]))
     print(json.dumps({"kept": len(rows), "exact": len(d1), "near": len(d2), "contaminated": len(d3)}))

@@ -31,7 +31,8 @@ def test_rank_groups_needs_a_verdict_for_every_candidate():
 
 def test_execution_rows_carry_the_problem_tests():
     rows = stages.execution_rows([_cand("t1", "teacher")], {"p1": _problem()})
-    assert rows == [{"id": "t1", "code": "# t1", "tests": ["assert f(1) == 1"], "test": None, "entry_point": "f"}]
+    assert rows == [{"id": "t1", "code": "# t1", "tests": ["assert f(1) == 1"], "test": None, "entry_point": "f",
+                     "language": "python", "prompt": _problem().prompt}]
 
 
 def test_execute_shard_runs_in_the_sandbox():
