@@ -11,7 +11,8 @@ Reads top to bottom: arms (each method's preset, plus each variant's overrides) 
 problems, candidates and verdicts (never re-sampled; an arm whose data sections differ from the run's
 is refused) -> ranked groups (the run's ranked.jsonl, or the same verdicts re-ranked when an arm
 changes rank.strategy) -> one equal budget of optimizer steps for every arm -> train every arm x seed
-(the loop's own train_step; resumable stages under <run>/compare/<tag>/; Ray tasks with --parallel)
+(the loop's own align.train.launch.train_from_groups; resumable stages under <run>/compare/<tag>/; Ray
+tasks with --parallel)
 -> greedy pass@1 of each on the same evaluation set (the loop's evaluate_model) -> compare.json,
 compare.md (table) and compare.png (means with 95% intervals, one dot per seed).
 
@@ -169,7 +170,8 @@ def slug(name: str) -> str:
 def run_job(job: dict) -> dict:
     """Train one arm with one seed from the student, then greedy pass@1 on the evaluation set.
     Both are resumable stages of the run directory. Plain data in and out (a Ray task)."""
-    from align.recipes.rrtf import evaluate_model, train_step
+    from align.recipes.rrtf import evaluate_model
+    from align.train.launch import train_from_groups
 
     run = RunDir(job["root"])
     cfg: RunConfig = job["cfg"]
@@ -178,17 +180,18 @@ def run_job(job: dict) -> dict:
         groups = read_jsonl(job["groups"], RankedGroup)
         run.stage(f"{job['stage']}-train", config=[cfg.method, asdict(cfg.train), job["init"]],
                   inputs=[job["groups"]], outputs=[job["out"]],
-                  fn=lambda: train_step(cfg, groups, job["init"], out))
+                  fn=lambda: train_from_groups(cfg.train, cfg.method, groups, job["init"], out, cfg.ray_address))
     model = str(out) if job["train"] else job["init"]
+    spec = job["spec"]                            # the ModelSpec: backend, template, options
     result = run.path(f"{job['out']}.eval.json")
 
     def evaluate() -> dict:
-        res = evaluate_model(read_jsonl(job["eval_file"], Problem), cfg, model)
+        res = evaluate_model(read_jsonl(job["eval_file"], Problem), cfg, spec, model)
         write_jsonl(run.path(f"{job['out']}.eval.jsonl"), res.pop("per_problem"))
         write_atomic(result, json.dumps(res))
         return {"pass@1": res["pass@1"]}
     fp = run.model_fingerprint(model) if Path(model).is_dir() else model
-    run.stage(f"{job['stage']}-eval", config=[fp, cfg.eval.max_new_tokens, asdict(cfg.execute)],
+    run.stage(f"{job['stage']}-eval", config=[fp, asdict(spec), asdict(cfg.eval), asdict(cfg.execute)],
               inputs=[job["eval_file"]], outputs=[str(result.relative_to(run.root))], fn=evaluate)
     res = json.loads(result.read_text())
     return {"arm": job["arm"], "seed": job["seed"], "pass@1": res["pass@1"], "n_problems": res["n_problems"]}
@@ -373,7 +376,7 @@ def main(argv: list[str] | None = None) -> dict:
     from align.train.datasets import build_rows
 
     models = resolve_models(first, log)
-    student = models[first.models.student]
+    student = models[first.models.student.ref]
     from transformers import AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(student)
     rows, tokens = {}, {}
@@ -396,15 +399,16 @@ def main(argv: list[str] | None = None) -> dict:
             cfg = arm_config(a, Namespace(**{**vars(args), "overrides": [
                 *args.overrides, f"train.args.max_steps={steps}", f"train.args.seed={seed}"]}))
             jobs.append({"root": str(run.root), "cfg": cfg, "arm": a.name, "seed": seed, "train": True,
-                         "init": student, "groups": str(group_files[cfg.rank.strategy]),
+                         "init": student, "spec": cfg.models.student, "groups": str(group_files[cfg.rank.strategy]),
                          "out": f"compare/{slug(args.tag)}/{slug(a.name)}/seed-{seed}",
                          "stage": f"compare-{slug(args.tag)}-{slug(a.name)}-s{seed}", "eval_file": str(eval_file)})
     references = [r for r in args.references.split(",") if r]
     for ref in references:
-        path = {"student": student, "teacher": models[first.models.teachers[0]]}.get(ref)
-        if path is None:
+        spec = {"student": first.models.student, "teacher": first.models.teachers[0]}.get(ref)
+        if spec is None:
             p.exit(2, f"--references: {ref!r} is not one of student, teacher\n")
-        jobs.append({"root": str(run.root), "cfg": first, "arm": ref, "seed": None, "train": False, "init": path,
+        jobs.append({"root": str(run.root), "cfg": first, "arm": ref, "seed": None, "train": False,
+                     "init": models[spec.ref], "spec": spec,
                      "out": f"compare/{slug(args.tag)}/{ref}", "stage": f"compare-{slug(args.tag)}-{ref}",
                      "eval_file": str(eval_file)})
     results = run_jobs(jobs, args.parallel, first)

@@ -51,8 +51,8 @@ def test_an_arm_that_would_need_new_samples_is_refused():
 
     run_cfg = RunConfig()
     arm_cfg = RunConfig()
-    arm_cfg.sample.student.n = 8
-    with pytest.raises(ConfigError, match="sample.student differs"):
+    arm_cfg.models.student.sample.n = 8
+    with pytest.raises(ConfigError, match="models.student differs"):
         compare.check_same_data(compare.Arm("rrtf/n8", "rrtf"), arm_cfg, run_cfg)
     arm_cfg = RunConfig()
     arm_cfg.train.args["learning_rate"] = 1.0           # training fields may differ
@@ -106,4 +106,4 @@ def test_compare_end_to_end_on_a_ci_sized_run(tmp_path, monkeypatch):
     assert stages["stats"]["global_step"] == 2 and stages["stats"]["last_rank_loss"] >= 0
     assert compare.main(argv) == report                                  # resumed: nothing retrained
     with pytest.raises(SystemExit):                                      # would need new samples
-        compare.main([*argv, "sample.student.n=3"])
+        compare.main([*argv, "models.student.sample.n=3"])
