@@ -242,7 +242,9 @@ class _Worker:
             argv += ["--ro-bind", prefix, prefix]
         uid, gid = (c.uid, c.gid) if os.geteuid() == 0 else (os.getuid(), os.getgid())
         argv += ["--uid", str(uid), "--gid", str(gid), "--cap-drop", "ALL",
-                 "--proc", "/proc", "--dev", "/dev", "--bind", f"{_SCRATCH}/s", "/dev/shm",
+                 "--proc", "/proc", "--ro-bind", "/dev/null", "/proc/keys",      # as Docker masks it
+                 "--ro-bind", "/dev/null", "/proc/key-users",
+                 "--dev", "/dev", "--bind", f"{_SCRATCH}/s", "/dev/shm",
                  "--remount-ro", "/dev", "--bind", f"{_SCRATCH}/t", "/tmp", "--remount-ro", "/",
                  "--chdir", "/tmp", "--"]
         argv[0] = shutil.which(c.bwrap) or c.bwrap
