@@ -25,7 +25,8 @@ REASONS: dict[str, str] = {
     "tests_not_discriminative": "a trivial solution passes every test",
     "behaviour_unchanged": "the parent's reference still passes every new test",
     "agreement_failed": "independently sampled solutions disagree with the tests (CodeT)",
-    "duplicate": "the same problem exists already",
+    "duplicate": "the same problem exists already (exact, or near duplicate by MinHash)",
+    "contaminated": "overlaps a benchmark test problem (evol/decontam.py)",
     # the programmatic path on built-in tasks
     "not_applicable": "the operator has no form for this problem",
     "too_deep": "the composition is deeper than allowed",
