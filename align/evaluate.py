@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 from align.prompting import format_prompt
 from rank.extract import extract_code
-from rank.records import Problem
+from rank.records import Problem, write_atomic
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -32,14 +32,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - prod
 
 
-def _job(job_id: str, code: str, problem: Problem) -> Any:
-    from rank.sandbox import Job
-
-    if problem.tests:
-        return Job(id=job_id, code=code, tests=list(problem.tests))
-    return Job(id=job_id, code=code, test=problem.test, entry_point=problem.entry_point)
-
-
 def evaluate(problems: Sequence[Problem], backend: Any, params: Any, sandbox_config: Any = None,
              ks: Sequence[int] = (1,)) -> dict[str, Any]:
     """Sample `params.n` programs per problem with `backend`, run their tests, report pass@k for each k.
@@ -47,7 +39,7 @@ def evaluate(problems: Sequence[Problem], backend: Any, params: Any, sandbox_con
     Returns {"pass@k": mean over problems, ..., "n_problems", "n_samples", "params",
     "per_problem": [{"id", "n", "c", "pass@k", "samples": [{"status", "passed", "total", "code", "error"}]}]}.
     """
-    from rank.sandbox import run_jobs
+    from rank.sandbox import job_for, run_jobs
 
     if not problems:
         raise ValueError("evaluate() got no problems")
@@ -64,7 +56,7 @@ def evaluate(problems: Sequence[Problem], backend: Any, params: Any, sandbox_con
         raise RuntimeError(f"backend returned {[len(o) for o in outs]} completions for {len(problems)} "
                            f"problems x n={params.n}")
     codes = [[extract_code(t, p.entry_point, prompt=p.prompt) for t in texts] for p, texts in zip(problems, outs)]
-    jobs = [_job(f"{i}:{j}", code, p) for i, p in enumerate(problems) for j, code in enumerate(codes[i])]
+    jobs = [job_for(p, code, f"{i}:{j}") for i, p in enumerate(problems) for j, code in enumerate(codes[i])]
     verdicts = iter(run_jobs(jobs, sandbox_config))
 
     per_problem = []
@@ -107,8 +99,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     params = SamplingParams(n=a.n, temperature=a.temperature, max_new_tokens=a.max_new_tokens)
     res = evaluate(problems, backend, params, SandboxConfig(workers=a.workers, unsafe=a.unsafe), ks=a.k)
     if a.out:
-        with open(a.out, "w") as fh:
-            json.dump(res, fh, indent=1)
+        write_atomic(a.out, json.dumps(res, indent=1))
     print(json.dumps({k: v for k, v in res.items() if k != "per_problem"}))
     return res
 

@@ -64,7 +64,10 @@ class ExecuteConfig:
 
 @dataclass
 class RankConfig:
-    strategy: str = "pangu"          # rank.strategies, or package.module:function
+    strategy: str = "pangu"          # rank.strategies, or package.module:function; the one trained on
+    # More strategies ranking the same verdicts: each writes ranked-<name>.jsonl, and all of them
+    # (with `strategy`) are compared in rank-agreement.json/.md (rank.agreement).
+    strategies: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -5,6 +5,7 @@ decides where they are stored (align.rundir) and how work fans out (align.fanout
 """
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 from align.pipeline_config import DataConfig, EvolveConfig, SamplingConfig
 from align.prompting import format_prompt
 from rank.extract import extract_code
-from rank.records import Candidate, Problem, RankedGroup, ScoredResponse, Verdict
+from rank.records import Candidate, Problem, RankedGroup, ScoredResponse, Verdict, write_atomic
 from rank.strategies import get_strategy
 
 
@@ -86,20 +87,16 @@ def execute_shard(rows: list[dict], cfg: dict) -> list[dict]:
     `cfg` is an ExecuteConfig as a dict (plain data, so the call can be a Ray task)."""
     from rank.sandbox import Job, SandboxConfig, run_jobs
 
-    jobs = [Job(id=r["id"], code=r["code"], tests=r["tests"]) if r.get("tests")
-            else Job(id=r["id"], code=r["code"], test=r["test"], entry_point=r["entry_point"])
-            for r in rows]
+    jobs = [Job(**r) for r in rows]
     sc = SandboxConfig(workers=cfg["workers"], timeout_s=cfg["timeout_s"], unsafe=cfg["unsafe"])
     return [asdict(v) for v in run_jobs(jobs, sc)]
 
 
 def execution_rows(candidates: list[Candidate], problems: dict[str, Problem]) -> list[dict]:
-    rows = []
-    for c in candidates:
-        p = problems[c.problem_id]
-        rows.append({"id": c.id, "code": c.code, "tests": p.tests, "test": p.test,
-                     "entry_point": p.entry_point})
-    return rows
+    """One sandbox job per candidate (rank.sandbox.job_for), as plain dicts for Ray tasks."""
+    from rank.sandbox import job_for
+
+    return [asdict(job_for(problems[c.problem_id], c.code, c.id)) for c in candidates]
 
 
 # ------------------------------------------------------------------ ranking
@@ -114,13 +111,33 @@ def rank_groups(problems: dict[str, Problem], candidates: list[Candidate], verdi
         v = by_id[c.id]
         per_problem[c.problem_id].append(ScoredResponse(
             candidate_id=c.id, model=c.model, role=c.role, code=c.code, score=0.0,
-            status=v.status, passed=v.passed, total=v.total))
+            status=v.status, passed=v.passed, total=v.total, duration_s=v.duration_s,
+            outcomes=list(v.outcomes)))
     groups = []
     for pid, responses in per_problem.items():
         g = rank(pid, problems[pid].prompt, responses)
         if g is not None:
             groups.append(g)
     return groups
+
+
+def rank_agreement(root: Path, problems: dict[str, Problem], candidates: list[Candidate],
+                   verdicts: list[Verdict], strategy: str, groups: list[RankedGroup],
+                   others: list[str]) -> dict:
+    """Rank the same verdicts with each of `others` (ranked-<name>.jsonl), compare every strategy
+    with every other (rank-agreement.json and .md in `root`); returns the mean tau per pair."""
+    from rank.agreement import agreement, markdown
+    from rank.records import write_atomic, write_jsonl
+
+    rankings = {strategy: groups}
+    for name in others:
+        if name not in rankings:
+            rankings[name] = rank_groups(problems, candidates, verdicts, name)
+            write_jsonl(root / f"ranked-{name.replace(':', '_').replace('.', '_')}.jsonl", rankings[name])
+    report = agreement(rankings)
+    write_atomic(root / "rank-agreement.json", json.dumps(report, indent=1))
+    write_atomic(root / "rank-agreement.md", markdown(report))
+    return {pair: p["tau_mean"] for pair, p in report["pairs"].items()}
 
 
 def verdict_summary(candidates: list[Candidate], verdicts: list[Verdict]) -> dict:
@@ -144,7 +161,7 @@ def write_report(path: Path, name: str, evals: dict, stages: list, extra: dict) 
     lines += ["", "| stage | skipped now | seconds (when it ran) | stats |", "|---|---|---|---|"]
     lines += [f"| {s.name} | {s.skipped} | {s.seconds:.1f} | {s.stats} |" for s in stages]
     lines += ["", "```", *(f"{k}: {v}" for k, v in extra.items()), "```", ""]
-    path.write_text("\n".join(lines))
+    write_atomic(path, "\n".join(lines))
 
 
 def plot_eval(path: Path, evals: dict) -> None:

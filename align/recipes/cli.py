@@ -55,7 +55,10 @@ def load_config(method: str, args: argparse.Namespace) -> RunConfig:
 def check_passthrough(cfg: RunConfig) -> None:
     """Check mappings handed to other libraries' dataclasses before anything loads."""
     from align.config import check_keys
+    from rank.strategies import get_strategy
 
+    for name in [cfg.rank.strategy, *cfg.rank.strategies]:
+        get_strategy(name)
     if cfg.tiny:
         from align.tiny import TinyConfig
         check_keys(TinyConfig, cfg.tiny, "tiny")

@@ -25,7 +25,7 @@ from align.pipeline_config import RunConfig
 from align.recipes import cli
 from align.rundir import RunDir
 from rank.plugins import UnknownNameError
-from rank.records import Candidate, Problem, RankedGroup, Verdict, read_jsonl, write_jsonl
+from rank.records import Candidate, Problem, RankedGroup, Verdict, read_jsonl, write_atomic, write_jsonl
 
 
 def resolve_models(cfg: RunConfig, log) -> dict[str, str]:
@@ -177,10 +177,14 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
     def rank() -> dict:
         groups = stages.rank_groups(problems, candidates, verdicts, cfg.rank.strategy)
         write_jsonl(run.path("ranked.jsonl"), groups)
-        return {"groups": len(groups), "dropped": len(problems) - len(groups),
-                "sampled": stages.verdict_summary(candidates, verdicts)}
+        stats = {"groups": len(groups), "dropped": len(problems) - len(groups),
+                 "sampled": stages.verdict_summary(candidates, verdicts)}
+        if cfg.rank.strategies:   # the same verdicts under other rankers, and how much they agree
+            stats["tau_mean"] = stages.rank_agreement(run.root, problems, candidates, verdicts,
+                                                      cfg.rank.strategy, groups, cfg.rank.strategies)
+        return stats
     run.stage("rank", config=asdict(cfg.rank), inputs=[run.path("verdicts.jsonl")],
-              outputs=["ranked.jsonl"], fn=rank)
+              outputs=["ranked.jsonl"] + (["rank-agreement.json"] if cfg.rank.strategies else []), fn=rank)
     groups = read_jsonl(run.path("ranked.jsonl"), RankedGroup)
 
     # 6. Train the student with the method's loss (RRTF by default), or continue from another
@@ -216,7 +220,7 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
             def evaluate(path=path, stage=stage, result_path=result_path, load=load) -> dict:
                 res = evaluate_model(load(), cfg, path)
                 write_jsonl(run.path(f"eval/{stage}.jsonl"), res.pop("per_problem"))
-                result_path.write_text(json.dumps(res))
+                write_atomic(result_path, json.dumps(res))
                 return {"pass@1": res["pass@1"]}
             run.stage(stage, config=[path, cfg.eval.max_new_tokens, asdict(cfg.execute)],
                       inputs=[data] + ([out_dir] if name == "student_after" else []),
@@ -229,7 +233,7 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
     result["method"] = method
     result["benchmarks"] = {suite: {k: {"pass@1": v["pass@1"], "n_problems": v["n_problems"]} for k, v in e.items()}
                             for suite, e in evals.items()}
-    run.path("eval.json").write_text(json.dumps(result, indent=1))
+    write_atomic(run.path("eval.json"), json.dumps(result, indent=1))
     stages.write_report(run.path("report.md"), cfg.name, heldout_evals, run.results,
                         {"method": method, "student": student, "teachers": teachers,
                          "benchmarks": result["benchmarks"], "total_seconds": round(time.time() - t_start, 1)})

@@ -13,6 +13,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+from rank.records import write_jsonl
+
+LOG_HISTORY = "log_history.jsonl"   # one JSON object per Trainer.log call, beside the saved model
+
 
 def last_checkpoint(output_dir: str | Path, requested: str | bool | None = None) -> str | None:
     """`requested` (TrainingArguments.resume_from_checkpoint) if set, else the newest checkpoint-N in output_dir."""
@@ -35,7 +39,8 @@ def lora_config(lora: dict | None):
 def fit(trainer, output_dir: str | Path, tokenizer, merge_lora: bool) -> dict[str, Any]:
     """Train (resuming from the newest checkpoint in output_dir), save model + tokenizer, return metrics.
 
-    Metrics: the Trainer's, global_step, resumed_from (None for a fresh start) and last_loss.
+    Metrics: the Trainer's, global_step, resumed_from (None for a fresh start) and last_loss; the whole
+    `trainer.state.log_history` goes to output_dir/log_history.jsonl.
     """
     output_dir = Path(output_dir)
     resume = last_checkpoint(output_dir, trainer.args.resume_from_checkpoint)
@@ -46,6 +51,8 @@ def fit(trainer, output_dir: str | Path, tokenizer, merge_lora: bool) -> dict[st
     trainer.save_model(str(output_dir / "adapter") if lora else str(output_dir))
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(output_dir))
+        # Every logged step (loss, and the ranking trainer's rank_loss/ft_loss): align.report draws the curves.
+        write_jsonl(output_dir / LOG_HISTORY, trainer.state.log_history)
         if lora:
             merge_adapter(output_dir)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rank.plugins import suggest
+from rank.records import write_atomic
 
 PRESETS_DIR = Path(__file__).with_name("deepspeed")
 REPO_ROOT = Path(__file__).resolve().parents[2]  # so workers import align without an installed package
@@ -160,10 +161,7 @@ def run_job(spec: JobSpec) -> dict[str, Any]:
     metrics = METHODS[spec.method](spec, read_rows(spec.rows_path), config)
     metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool, type(None)))}
     if int(os.environ.get("RANK", "0")) == 0:
-        out = Path(spec.output_dir) / "metrics.json"
-        tmp = out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(metrics, indent=1))
-        tmp.replace(out)  # atomic: a reader never sees half a file
+        write_atomic(Path(spec.output_dir) / "metrics.json", json.dumps(metrics, indent=1))
     return metrics
 
 
@@ -172,7 +170,7 @@ def _write_spec(spec: JobSpec) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").unlink(missing_ok=True)  # never report a previous run's metrics as this one's
     path = out / "job.json"
-    path.write_text(json.dumps(spec.to_dict(), indent=1))
+    write_atomic(path, json.dumps(spec.to_dict(), indent=1))
     return path
 
 

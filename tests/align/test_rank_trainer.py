@@ -116,6 +116,9 @@ def test_train_rank_saves_model_and_tokenizer(model_dir, tmp_path):
     assert metrics["train_runtime"] > 0 and metrics["global_step"] == 2 and metrics["layout"] == "prefix" and "last_rank_loss" in metrics
     assert (out / "config.json").exists() and (out / "tokenizer.json").exists()
     transformers.AutoModelForCausalLM.from_pretrained(out)
+    from rank.records import read_jsonl    # the curves align.report draws: one row per logged step
+    steps = [h for h in read_jsonl(out / "log_history.jsonl") if "rank_loss" in h]
+    assert [h["step"] for h in steps] == [1, 2] and all("loss" in h and "ft_loss" in h for h in steps)
 
 
 def test_train_rank_stops_and_resumes_from_checkpoint(model_dir, tmp_path):

@@ -15,7 +15,6 @@ import pytest
 from rank.records import STATUSES
 from rank.sandbox import Job, Sandbox, SandboxConfig, SandboxUnavailable, run_jobs, verdict_from_report
 
-HUMANEVAL = "humaneval/HumanEval.jsonl.gz"
 MBPP = "mbpp/mbpp.jsonl"
 
 
@@ -267,12 +266,13 @@ def test_verdict_rules(report, expected):
     v = verdict_from_report(Job(id="j", code="", tests=["a", "b"]), report)
     assert (v.status, v.passed) == expected
     assert v.status != "passed" or report.get("done")
+    assert v.outcomes.count("pass") == v.passed      # the per-test record agrees (rank.strategies.codet)
 
 
 # ---------------------------------------------------------------- reference data
 
 def _humaneval(host):
-    path = host.data / HUMANEVAL
+    path = host.humaneval()
     if not path.exists():
         pytest.skip(f"HumanEval data not found at {path}")
     with gzip.open(path, "rt") as fh:
@@ -323,7 +323,7 @@ def test_mbpp_reference_solutions(sandbox, host):
 # ---------------------------------------------------------------- the plain-data codec (no sandbox needed)
 
 def test_codec_round_trips_exact_types_and_rejects_everything_else():
-    from rank import _sandbox_wire as S
+    from rank.sandbox import wire as S
     values = [None, True, 1, -2 ** 70, 1.5, float("inf"), "s", b"x", (1, [2, {3: (4,)}]), {1, 2}, frozenset(),
               {"a": frozenset({1})}, 1j, int, str]
     for v in values:
@@ -343,13 +343,13 @@ def test_codec_round_trips_exact_types_and_rejects_everything_else():
 
 
 def test_buffered_reader_frames_deadline_and_limits():
-    """rank._sandbox_wire.Reader (C's requests, the tester's answers): several frames in one read come
+    """rank.sandbox.wire.Reader (C's requests, the tester's answers): several frames in one read come
     back one at a time and in order, a partial frame waits for the rest, and deadline, EOF and MAX_MSG
     behave as in `recv`."""
     import os
     import struct
     import time
-    from rank import _sandbox_wire as S
+    from rank.sandbox import wire as S
     r, w = os.pipe()
     try:
         reader = S.Reader(r)
@@ -383,7 +383,7 @@ def test_buffered_reader_frames_deadline_and_limits():
 def test_planning_helpers_match_ast_walk():
     """_walk (used instead of ast.walk to plan faster) visits the same nodes as ast.walk."""
     import ast
-    from rank import _sandbox_plan as P
+    from rank.sandbox import plan as P
     src = "def check(c):\n    x = [c(i) for i in range(3) if i]\n    assert c(1) == (2, {3: 'a'}) and not x\n" \
           "import math as m\nclass K:\n    def f(self, *a, **k):\n        return lambda y: y\n"
     tree = ast.parse(src)

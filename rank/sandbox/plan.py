@@ -1,12 +1,12 @@
 """Turning a job's tests into a plan: compiled steps, strict asserts, and the calls known in advance.
 
-Runs in the sandbox server (source shipped by rank/runners.py). `ast` is imported inside functions so
+Runs in the sandbox server (source shipped by rank/sandbox/runners.py). `ast` is imported inside functions so
 that the zygote, forked before any job, stays small.
 """
 import builtins
 import json
 
-from rank._sandbox_wire import Unsupported, encode, frame
+from rank.sandbox.wire import Unsupported, encode, frame
 
 
 def _walk(node):

@@ -2,7 +2,7 @@
 
 Standard library only. Messages are 4-byte big-endian lengths followed by JSON. Values from a candidate
 cross as a tagged JSON of plain data and are decoded into exact built-in types (see `encode`, `_hook`);
-nothing is ever unpickled. Imported by the host and, as source, inside the sandbox (rank/runners.py).
+nothing is ever unpickled. Imported by the host and, as source, inside the sandbox (rank/sandbox/runners.py).
 """
 import json
 import os

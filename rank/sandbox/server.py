@@ -1,7 +1,7 @@
 """The in-sandbox side of rank.sandbox: a warm fork-server. Standard library only.
 
 Started by rank.sandbox as `python -I -c BOOT FD_IN FD_OUT MODE <sources>` inside bubblewrap: BOOT
-(rank/runners.py) installs this module and rank/_sandbox_{wire,plan,tester}.py from their source text
+(rank/sandbox/runners.py) installs this module and rank/sandbox/{wire,plan,tester}.py from their source text
 and calls main(). Run it only through rank.sandbox (see docs/sandbox.md).
 
 Processes in one sandbox worker (all the same unprivileged uid, in the worker's own PID namespace):
@@ -30,9 +30,9 @@ import struct
 import sys
 import time
 
-from rank._sandbox_plan import plan_tests
-from rank._sandbox_tester import _ARMED, JobTimeout, Link, PrefetchMismatch, _on_alarm, run_tests
-from rank._sandbox_wire import Closed, Reader, Unsupported, _hook, _short, encode, recv, send
+from rank.sandbox.plan import plan_tests
+from rank.sandbox.tester import _ARMED, JobTimeout, Link, PrefetchMismatch, _on_alarm, run_tests
+from rank.sandbox.wire import Closed, Reader, Unsupported, _hook, _short, encode, recv, send
 
 # Loaded once in the zygote, so candidates importing them pay nothing. Kept small: every mapped library
 # makes each per-job fork and exit slower (hashlib/decimal/ctypes cost more than they save).

@@ -5,8 +5,8 @@
         verdicts = sb.run([Job(id="c1", code="def f(x):\\n    return x+1\\n", tests=["assert f(1) == 2"])])
 
 Each worker is one bubblewrap sandbox (no network, read-only minimal root, private /tmp and /dev/shm, own
-PID namespace, started as an unprivileged uid) holding a warm fork-server (rank/_sandbox_server.py and its
-helpers _sandbox_wire, _sandbox_plan, _sandbox_tester);
+PID namespace, started as an unprivileged uid) holding a warm fork-server (rank/sandbox/server.py and its
+helpers wire, plan, tester);
 workers run in parallel threads of this process. The threat model and its tests: docs/sandbox.md.
 Timeouts: `timeout_s` bounds the program's top level and each test separately; `job_timeout_s` bounds
 a whole job. CLI: python -m rank.execute --in IN.jsonl --out OUT.jsonl
@@ -25,9 +25,9 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from rank import _sandbox_wire as proto
+from rank.sandbox import wire as proto
 from rank.records import Verdict
-from rank.runners import RUNNERS
+from rank.sandbox.runners import RUNNERS
 
 
 class SandboxUnavailable(RuntimeError):
@@ -49,7 +49,7 @@ class SandboxConfig:
     output_limit: int = 4096         # characters of stdout/error kept in a verdict
     unsafe: bool = False             # run without bubblewrap (rlimits + process group only); warns
     python: str | None = None        # interpreter inside the sandbox (default: one the uid can run)
-    language: str = "python"         # a Sandbox runs one language: rank.runners.RUNNERS[language]
+    language: str = "python"         # a Sandbox runs one language: rank.sandbox.runners.RUNNERS[language]
     bwrap: str = "bwrap"
     uid: int = 65534                 # uid/gid the sandbox starts as when this process is root
     gid: int = 65534
@@ -80,6 +80,7 @@ class Job:
     test: str | None = None
     entry_point: str | None = None
     language: str = "python"
+    prompt: str | None = None       # the problem's prompt: names it implements are the tests' own
 
     def problem(self) -> tuple[str, str] | None:
         """(field, message) for the first thing wrong with this job, or None."""
@@ -87,6 +88,8 @@ class Job:
             return "id", "must be a non-empty string"
         if not isinstance(self.code, str):
             return "code", "must be a string"
+        if self.prompt is not None and not isinstance(self.prompt, str):
+            return "prompt", "must be a string"
         if self.language not in RUNNERS:
             return "language", f"{self.language!r} has no runner (known: {', '.join(sorted(RUNNERS))})"
         if (self.tests is None) == (self.test is None):
@@ -156,7 +159,9 @@ def verdict_from_report(job: Job, report: dict, limit: int = 4096) -> Verdict:
         errors.append("job exceeded job_timeout_s; tests not reached count as not passed")
     return Verdict(candidate_id=job.id, status=status, passed=min(passed, total), total=total,
                    duration_s=round(float(report.get("duration_s", 0.0)), 6),
-                   stdout=str(report.get("stdout", ""))[:limit + 80], error="\n".join(errors)[:limit])
+                   stdout=str(report.get("stdout", ""))[:limit + 80], error="\n".join(errors)[:limit],
+                   outcomes=[] if status == "sandbox_error" or report.get("load") not in (None, "ok")
+                   else [str(o) for o in outcomes[:total]])
 
 
 # ---------------------------------------------------------------- one sandboxed worker

@@ -7,8 +7,8 @@ import builtins
 import sys
 import time
 
-from rank._sandbox_plan import plan_tests
-from rank._sandbox_wire import (Closed, Reader, Timeout, Unsupported, _hook, _short, encode, frame,
+from rank.sandbox.plan import plan_tests
+from rank.sandbox.wire import (Closed, Reader, Timeout, Unsupported, _hook, _short, encode, frame,
                                 strict_eq, write_all)
 
 _BUILTIN_NAMES = frozenset(dir(builtins))
