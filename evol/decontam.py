@@ -2,7 +2,7 @@
 
     index = BenchmarkIndex.load(["humaneval", "mbpp:../shared/data/mbpp/mbpp.jsonl@test"])
     kept, report = decontaminate(problems, index)        # report -> decontamination.json
-    python -m evol.decontam problems.jsonl --against humaneval mbpp:PATH@test   # flagged pairs
+    python -m evol.decontam problems.jsonl --against humaneval mbpp:PATH@test   # flagged pairs, counts
 
 A problem is contaminated by a benchmark problem when one of three rules matches:
 - `statement`: one statement contains the other whole (as lower-cased words, signature lines and
@@ -158,10 +158,10 @@ if __name__ == "__main__":
     from evol.seeds import load_seeds
 
     ap = argparse.ArgumentParser(description="Print the problems of a file that overlap benchmarks, and why.")
-    ap.add_argument("problems", help="any seed spec: a Problem JSONL, mbpp:PATH@train, ...")
+    ap.add_argument("problems", nargs="+", help="seed specs: a Problem JSONL, mbpp:PATH@train, ...")
     ap.add_argument("--against", nargs="+", default=["humaneval"])
     a = ap.parse_args()
-    rows = load_seeds(a.problems)
+    rows = [p for spec in a.problems for p in load_seeds(spec)]
     idx = BenchmarkIndex.load(a.against)
     bench = {(it.benchmark, it.id): " ".join(it.words) for it in idx.items}
     _, rep = decontaminate(rows, idx)
