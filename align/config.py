@@ -85,12 +85,24 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_override(data: dict, path: list[str], value: Any) -> None:
-    node = data
-    for p in path[:-1]:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {'.'.join(path)}: {p} is not a mapping")
-    node[path[-1]] = value
+    """Set `value` at `path`; a number indexes a list (`models.teachers.0.sample.n=8`)."""
+    node: Any = data
+    for i, p in enumerate(path):
+        last = i == len(path) - 1
+        if isinstance(node, list):
+            if not p.isdigit() or int(p) >= len(node):
+                raise ConfigError(f"override {'.'.join(path)}: {p!r} is not an index of a list of {len(node)}")
+            if last:
+                node[int(p)] = value
+                return
+            node = node[int(p)]
+        elif isinstance(node, dict):
+            if last:
+                node[p] = value
+                return
+            node = node.setdefault(p, {})
+        else:
+            raise ConfigError(f"override {'.'.join(path)}: {path[i - 1]} is not a mapping")
 
 
 def merge(base: dict, top: dict) -> dict:

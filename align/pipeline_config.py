@@ -7,32 +7,7 @@ the command line as `section.key=value`. Pass-through mappings (`train.args`, `t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
-
-
-@dataclass
-class ModelsConfig:
-    # A registry name (align.models), a hub id or a local path; "tiny:student"/"tiny:teacher" are
-    # the embedded CPU models built by align.tiny.
-    student: str = "tiny:student"
-    teachers: list[str] = field(default_factory=lambda: ["tiny:teacher"])
-
-
-@dataclass
-class DataConfig:
-    source: str = "tasks"            # "tasks" (built-in family), "humaneval:PATH", "mbpp:PATH" or a Problem JSONL path
-    n_train: int = 200               # seed problems from the built-in family (ignored for files)
-    n_heldout: int = 50              # held-out built-in problems for eval
-    min_depth: int = 1
-    max_depth: int = 3
-    seed: int = 0
-
-
-@dataclass
-class EvolveConfig:
-    rounds: int = 1
-    operators: list[str] | None = None   # None = every built-in Evol-Instruct operator
-    seed: int = 0
+from typing import Any, ClassVar, Literal
 
 
 @dataclass
@@ -45,13 +20,55 @@ class SamplingConfig:
 
 
 @dataclass
+class ModelSpec:
+    """One model of a run (the student or a teacher). In YAML a plain string means {ref: string}."""
+    SHORTHAND: ClassVar[str] = "ref"
+    ref: str = ""                    # registry name (align.models), hub id or local path
+    backend: str = "hf"              # hf | vllm | openai (align.generate) or package.module:Class
+    template: str = "pangu"          # pangu | alpaca | chat | completion (align.templates) or package.module:name
+    sample: SamplingConfig = field(default_factory=SamplingConfig)   # this model's sampling, n included
+    options: dict[str, Any] = field(default_factory=dict)   # backend options (batch_size, dtype, base_url, ...)
+    replicas: int = 1                # generation actors for this model
+
+    def __post_init__(self) -> None:
+        if self.replicas < 1:
+            raise ValueError(f"replicas must be >= 1, got {self.replicas}")
+
+
+@dataclass
+class ModelsConfig:
+    # "tiny:student"/"tiny:teacher" are registry entries that build themselves (align.tiny).
+    student: ModelSpec = field(default_factory=lambda: ModelSpec("tiny:student"))
+    teachers: list[ModelSpec] = field(default_factory=lambda: [ModelSpec("tiny:teacher")])
+
+
+@dataclass
+class DataConfig:
+    source: str = "tasks"            # evol.seeds.load_source: tasks | humaneval[:PATH] | mbpp:PATH[@split] |
+                                     # FILE.jsonl | FILE.parquet | hf:NAME[:SPLIT]
+    limit: int | None = None         # the first N problems of the source (tasks: default n_train)
+    fields: dict[str, str] = field(default_factory=dict)   # our field -> the table's column, e.g. {prompt: question}
+    n_train: int = 200               # seed problems from the built-in family (source: tasks)
+    n_heldout: int = 50              # held-out built-in problems for eval
+    min_depth: int = 1
+    max_depth: int = 3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1, got {self.limit}")
+
+
+@dataclass
+class EvolveConfig:
+    rounds: int = 1
+    operators: list[str] | None = None   # None = every built-in Evol-Instruct operator
+    seed: int = 0
+
+
+@dataclass
 class SampleConfig:
-    backend: str = "hf"              # align.generate backends, or package.module:Class
-    batch_size: int = 16
-    shard_size: int = 64             # problems per resumable shard
-    replicas: int = 1                # generation actors per model
-    student: SamplingConfig = field(default_factory=SamplingConfig)
-    teacher: SamplingConfig = field(default_factory=SamplingConfig)
+    shard_size: int = 64             # problems per resumable shard (per model)
 
 
 @dataclass
@@ -91,7 +108,20 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     max_new_tokens: int = 128
-    benchmarks: list[str] = field(default_factory=list)  # extra suites: "humaneval:PATH", "mbpp:PATH@test", JSONL
+    # Suites besides the held-out tasks, as data.source strings. None: HumanEval and MBPP's test
+    # split for a registry base (MBPP from data.source's file when it is MBPP, else the hub's
+    # `mbpp`), none for the tiny models.
+    benchmarks: list[str] | None = None
+    limit: int | None = None         # the first N problems of each benchmark (quick checks, CI)
+    n: int = 1                       # samples per problem; 1 = greedy pass@1
+    temperature: float = 0.8         # when n > 1
+    k: list[int] = field(default_factory=lambda: [1])   # pass@k reported (each k <= n)
+
+    def __post_init__(self) -> None:
+        if self.n < 1 or not self.k or min(self.k) < 1 or max(self.k) > self.n:
+            raise ValueError(f"need n >= 1 and 1 <= k <= n for every k, got n={self.n}, k={self.k}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1, got {self.limit}")
 
 
 @dataclass

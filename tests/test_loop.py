@@ -11,8 +11,8 @@ CI = [
     "tiny.n_layer=2", "tiny.n_embd=64", "tiny.n_train_problems=600", "tiny.student_steps=40",
     "tiny.teacher_steps=80", "tiny.batch_size=16",
     "data.n_train=12", "data.n_heldout=8", "evolve.rounds=1",
-    "sample.student.n=2", "sample.teacher.n=2", "sample.student.max_new_tokens=48",
-    "sample.teacher.max_new_tokens=48", "sample.shard_size=8",
+    "models.student.sample.n=2", "models.teachers.0.sample.n=2", "models.student.sample.max_new_tokens=48",
+    "models.teachers.0.sample.max_new_tokens=48", "sample.shard_size=8",
     "train.args.num_train_epochs=1", "train.args.per_device_train_batch_size=4",
     "eval.max_new_tokens=48", "rank.strategy=pass_rate",
 ]
@@ -57,9 +57,9 @@ def test_dry_run_plans_starcoder_without_weights(capsys):
 
 def test_bad_override_fails_before_anything_loads(capsys):
     with pytest.raises(SystemExit) as e:
-        rrtf.main(["--base", "tiny", "sample.studnt.n=3"])
+        rrtf.main(["--base", "tiny", "models.student.sampel.n=3"])
     assert e.value.code == 2
-    assert "did you mean 'student'" in capsys.readouterr().err
+    assert "did you mean 'sample'" in capsys.readouterr().err
 
 
 @pytest.mark.slow

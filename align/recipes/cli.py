@@ -7,13 +7,15 @@ from pathlib import Path
 
 from align.config import ConfigError, load
 from align.pipeline_config import RunConfig
-from rank.plugins import suggest
+from rank.plugins import resolve, suggest
 
 RECIPES = Path(os.environ.get("RRTF_RECIPES", Path(__file__).resolve().parents[2] / "recipes"))
 
 
 def bases() -> list[str]:
-    return sorted(p.name for p in RECIPES.iterdir() if p.is_dir()) if RECIPES.is_dir() else []
+    # recipes/_shared holds layers the presets include (`defaults:`), not a base.
+    return sorted(p.name for p in RECIPES.iterdir() if p.is_dir() and not p.name.startswith("_")) \
+        if RECIPES.is_dir() else []
 
 
 def preset_path(base: str, method: str) -> Path:
@@ -48,8 +50,38 @@ def load_config(method: str, args: argparse.Namespace) -> RunConfig:
     if args.ray_address:
         overrides.append(f"ray_address={args.ray_address}")
     cfg = load(RunConfig, files, overrides)
+    check_names(cfg)
     check_passthrough(cfg)
     return cfg
+
+
+def check_names(cfg: RunConfig) -> None:
+    """Resolve every table name and `package.module:name` plugin now, so a typo fails at load,
+    not after sampling: models, backends (and their options), templates, ranking strategy,
+    evolution operators. Raises ConfigError naming the field."""
+    from align import generate
+    from align.models import check_ref
+    from align.templates import get_template
+    from evol.evolve import resolve_operator
+    from rank.plugins import UnknownNameError
+    from rank.strategies import get_strategy
+
+    checks = []
+    for where, spec in [("models.student", cfg.models.student),
+                        *((f"models.teachers[{i}]", t) for i, t in enumerate(cfg.models.teachers))]:
+        checks += [(f"{where}.ref", check_ref, spec.ref), (f"{where}.template", get_template, spec.template)]
+        if hasattr(generate, "check_backend"):      # validates names and options without importing them
+            checks.append((f"{where}.backend", lambda s: generate.check_backend(s.backend, s.options), spec))
+        else:
+            checks.append((f"{where}.backend", lambda name: resolve(generate.BACKENDS, name, "generation backend"),
+                           spec.backend))
+    checks.append(("rank.strategy", get_strategy, cfg.rank.strategy))
+    checks += [("evolve.operators", resolve_operator, op) for op in cfg.evolve.operators or []]
+    for where, fn, arg in checks:
+        try:
+            fn(arg)
+        except (UnknownNameError, ValueError, TypeError) as e:
+            raise ConfigError(f"{where}: {e}") from None
 
 
 def check_passthrough(cfg: RunConfig) -> None:

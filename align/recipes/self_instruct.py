@@ -30,7 +30,7 @@ from align.pipeline_config import ExecuteConfig, SamplingConfig
 from align.recipes import cli
 from align.rundir import RunDir
 from rank.plugins import UnknownNameError
-from rank.records import Candidate, Problem, Verdict, read_jsonl, write_jsonl
+from rank.records import Candidate, Problem, Verdict, read_jsonl, write_atomic, write_jsonl
 
 # Code Llama §2.5's funnel, for comparison in the printout.
 CODE_LLAMA_FUNNEL = {"questions": 62_000, "after_dedup": 52_000, "with_passing_solution": 14_000}
@@ -136,18 +136,23 @@ def generate_fn(run: RunDir, stage: str, m: ModelRef, cfg: SelfInstructConfig):
     return generate
 
 
-def load_config(args: argparse.Namespace) -> SelfInstructConfig:
-    overrides = list(args.overrides) + ([f"ray_address={args.ray_address}"] if args.ray_address else [])
-    if args.push_to_hub:
-        overrides.append(f"push_to_hub={args.push_to_hub}")
-    cfg = load(SelfInstructConfig, [cli.preset_path(args.base, "self_instruct"), *args.config], overrides)
+def load_files(files: list, overrides: list[str] = ()) -> SelfInstructConfig:
+    """The config from YAML files and overrides, with generator names and model entries checked."""
     from evol.self_instruct import question_generator, test_generator
 
+    cfg = load(SelfInstructConfig, files, overrides)
     question_generator(cfg.questions.generator), test_generator(cfg.tests.generator)   # unknown names fail now
     for section, gen in (("questions", cfg.questions), ("tests", cfg.tests)):
         if gen.generator == "model" and gen.model is None:
             raise ConfigError(f"{section}.generator is 'model' but {section}.model is not set")
     return cfg
+
+
+def load_config(args: argparse.Namespace) -> SelfInstructConfig:
+    overrides = list(args.overrides) + ([f"ray_address={args.ray_address}"] if args.ray_address else [])
+    if args.push_to_hub:
+        overrides.append(f"push_to_hub={args.push_to_hub}")
+    return load_files([cli.preset_path(args.base, "self_instruct"), *args.config], overrides)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -171,13 +176,13 @@ def main(argv: list[str] | None = None) -> dict:
 
 def run_job(cfg: SelfInstructConfig, run: RunDir) -> dict:
     from evol import dedup, self_instruct as si, verify
-    from evol.seeds import load_seeds
+    from evol.seeds import load_source
 
     # 1. Questions, from the generator table (the task family, or a model from seed topics/problems).
     def questions() -> dict:
         q = cfg.questions
         gen = generate_fn(run, "questions-gen", q.model, cfg) if q.model else None
-        seeds = load_seeds(q.seeds) if q.seeds else []
+        seeds = load_source(q.seeds) if q.seeds else []
         topics = si.TOPICS if q.topics is None else q.topics
         out = si.question_generator(q.generator)(q.n, q.seed, gen, topics=topics, seeds=seeds,
                                                   per_prompt=q.per_prompt)
@@ -192,7 +197,7 @@ def run_job(cfg: SelfInstructConfig, run: RunDir) -> dict:
                                                               cfg.dedup.near_threshold)
         write_jsonl(run.path("deduped.jsonl"), kept)
         write_jsonl(run.path("dropped-dedup.jsonl"), dropped)
-        run.path("decontamination.json").write_text(json.dumps(report, indent=1))
+        write_atomic(run.path("decontamination.json"), json.dumps(report, indent=1))
         return {"kept": len(kept), "duplicates": report["exact_duplicates"] + report["near_duplicates"],
                 "contaminated": report["removed"]}
     run.stage("dedup", config=asdict(cfg.dedup), inputs=[run.path("questions.jsonl")],
@@ -272,7 +277,7 @@ def run_job(cfg: SelfInstructConfig, run: RunDir) -> dict:
         write_jsonl(run.path("sft.jsonl"), sft)
         write_jsonl(run.path("dpo.jsonl"), dpo)
         write_jsonl(run.path("problems.jsonl"), [p for p, _, _ in kept])
-        run.path("funnel.json").write_text(json.dumps(funnel, indent=1))
+        write_atomic(run.path("funnel.json"), json.dumps(funnel, indent=1))
         write_datasets(cfg, run, funnel, {"sft": sft, "dpo": dpo, "problems": [asdict(p) for p, _, _ in kept]})
         return funnel
     run.stage("select", config=[cfg.tests.min_tests, asdict(cfg.execute), cfg.name],
