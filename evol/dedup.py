@@ -69,13 +69,14 @@ def jaccard(a: set, b: set) -> float:
     return len(a & b) / len(a | b) if a or b else 1.0
 
 
-def exact_dedup(rows: Sequence[Any], key: Callable[[Any], str] = row_text) -> tuple[list, list[Dropped]]:
-    """Drop rows whose normalised text equals an earlier row's."""
+def exact_dedup(rows: Sequence[Any], key: Callable[[Any], str] = row_text,
+                droppable: Callable[[Any], bool] = lambda row: True) -> tuple[list, list[Dropped]]:
+    """Drop rows whose normalised text equals an earlier row's (unless `droppable(row)` is False)."""
     seen: dict[str, str] = {}
     kept, dropped = [], []
     for i, row in enumerate(rows):
         h = hashlib.sha1(normalize(key(row)).encode()).hexdigest()
-        if h in seen:
+        if h in seen and droppable(row):
             dropped.append(Dropped(row, f"exact duplicate of {seen[h]} (normalised text)"))
         else:
             seen[h] = _row_id(row, i)
@@ -103,11 +104,13 @@ class MinHash:
 
 
 def near_dedup(rows: Sequence[Any], key: Callable[[Any], str] = row_text, threshold: float = 0.7,
-               n: int = 5, num_perm: int = 64, band_rows: int = 4, seed: int = 0) -> tuple[list, list[Dropped]]:
+               n: int = 5, num_perm: int = 64, band_rows: int = 4, seed: int = 0,
+               droppable: Callable[[Any], bool] = lambda row: True) -> tuple[list, list[Dropped]]:
     """Drop rows whose n-token-shingle Jaccard similarity with an earlier kept row is >= threshold.
 
     LSH with bands of `band_rows` (16 bands of 4 by default) proposes pairs with similarity around
     (1/16)^(1/4) = 0.5 and up; each proposal is then checked exactly, so MinHash only saves comparisons.
+    Rows for which `droppable(row)` is False (e.g. a user's seed problems) are always kept.
     """
     if not 0 < threshold <= 1:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
@@ -121,7 +124,7 @@ def near_dedup(rows: Sequence[Any], key: Callable[[Any], str] = row_text, thresh
         bands = mh.bands(mh.signature(sh))
         candidates = sorted({j for band in bands for j in buckets.get(band, ())})
         best = max(((jaccard(sh, kept_shingles[j]), j) for j in candidates), default=(0.0, -1))
-        if best[0] >= threshold:
+        if best[0] >= threshold and droppable(row):
             dropped.append(Dropped(row, f"near duplicate of {kept_ids[best[1]]} (jaccard {best[0]:.2f})"))
             continue
         for band in bands:
@@ -133,14 +136,16 @@ def near_dedup(rows: Sequence[Any], key: Callable[[Any], str] = row_text, thresh
 
 
 def dedup_and_decontaminate(rows: Sequence[Any], benchmarks: Sequence[str] = (), threshold: float = 0.7,
-                            index: Any = None) -> tuple[list, list[dict], dict]:
+                            index: Any = None, droppable: Callable[[Any], bool] = lambda row: True
+                            ) -> tuple[list, list[dict], dict]:
     """Exact, then near (MinHash) dedup, then decontamination against `benchmarks` (specs of
     evol.decontam) or a prebuilt `index`. Returns kept rows, dropped rows as
-    {id, code, detail} (codes "duplicate" and "contaminated") and the decontamination report."""
+    {id, code, detail} (codes "duplicate" and "contaminated") and the decontamination report.
+    Dedup never drops a row for which `droppable(row)` is False; decontamination drops any row."""
     from evol.decontam import BenchmarkIndex, decontaminate
 
-    kept, d1 = exact_dedup(rows)
-    kept, d2 = near_dedup(kept, threshold=threshold)
+    kept, d1 = exact_dedup(rows, droppable=droppable)
+    kept, d2 = near_dedup(kept, threshold=threshold, droppable=droppable)
     dropped = [{"id": _row_id(d.row, -1), "code": "duplicate", "detail": d.reason} for d in d1 + d2]
     report: dict = {"checked": len(kept), "removed": 0, "benchmarks": {}}
     if index is None and benchmarks:
