@@ -128,7 +128,7 @@ def problems_stage(cfg: Any, run: Any, model_path: Callable[[str], str]) -> dict
     write_jsonl(run.path("heldout.jsonl"), stages.heldout_problems(cfg.data))
     write_atomic(run.path("decontamination.json"), __import__("json").dumps(report, indent=1))
     stats = {"seeds": len(seeds), "problems": len(kept), "evolved": len(res.evolved),
-             "rejected": len(res.rejected), **res.stats(),
+             "rejected_total": len(res.rejected), **res.stats(),
              "decontaminated": {n: b["removed"] for n, b in report["benchmarks"].items()}}
     write_dataset(run.path("datasets/problems"), {"train": [asdict(p) for p in kept]}, DatasetCard(
         title=f"{cfg.name}: problems", produced_by=f"python -m align.recipes.{cfg.method} --base {cfg.base} "
@@ -157,3 +157,18 @@ def _per_round(make: Callable[[str], Callable[[list[str]], list[str]]]) -> Calla
         calls["n"] += 1
         return make(f"evolve-call{calls['n']}")(prompts)
     return generate
+
+
+def publish_rows(cfg: Any, run: Any, rows_file: Any) -> dict:
+    """The training rows of a loop run as datasets/<method>-rows (the card carries the run's config)."""
+    from align.config import to_dict
+    from align.publish import DatasetCard, write_dataset
+    from rank.records import read_jsonl
+
+    rows = read_jsonl(rows_file)
+    write_dataset(run.path(f"datasets/{cfg.method}-rows"), {"train": rows}, DatasetCard(
+        title=f"{cfg.name}: {cfg.method} training rows", produced_by=f"python -m align.recipes.{cfg.method} "
+        f"--base {cfg.base} (run directory {run.root})",
+        description=f"Training rows of the {cfg.method} method built from ranked groups of executed samples.",
+        config=to_dict(cfg), stats={"rows": len(rows)}))
+    return {"rows": len(rows)}

@@ -39,9 +39,13 @@ class DatasetCard:
     decontamination: dict[str, Any] | None = None           # evol.decontam report
     tags: list[str] = field(default_factory=lambda: ["code", "synthetic"])
 
-    def render(self, splits: dict[str, int], columns: list[str]) -> str:
+    def render(self, splits: dict[str, int], columns: list[str], info: dict | None = None) -> str:
         header = {"configs": [{"config_name": "default", "data_files": [
             {"split": s, "path": f"data/{s}-*.parquet"} for s in splits]}], "tags": self.tags}
+        if info:
+            # Features and sizes: `datasets` hashes them into its cache key, which otherwise is the same
+            # for every folder of the same name and split layout (a second such folder read the first's cache).
+            header["dataset_info"] = info
         lines = ["---", yaml.safe_dump(header, sort_keys=False).rstrip(), "---", "", f"# {self.title}", ""]
         if self.description:
             lines += [self.description, ""]
@@ -75,23 +79,38 @@ def write_dataset(out_dir: str | Path, splits: dict[str, list[dict]], card: Data
 
     The folder is built next to `out_dir` and renamed into place, so a reader never sees half of one."""
     import datasets
+    from datasets.info import DatasetInfo
+    from datasets.splits import SplitDict, SplitInfo
 
+    empty = [s for s, rows in splits.items() if not rows]
+    if empty:   # `datasets` cannot load a split without rows, so there is no such dataset to write
+        raise ValueError(f"dataset {out_dir}: split(s) {', '.join(empty)} have no rows")
     datasets.disable_progress_bars()     # one bar per split drowns the stage log
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     columns: list[str] = []
+    features = None
+    split_infos = {}
     for split, rows in splits.items():
         if not split.isidentifier():
             raise ValueError(f"split name {split!r} must be a plain identifier (train, test, ...)")
         (tmp / "data").mkdir(exist_ok=True)
         ds = datasets.Dataset.from_list([_arrow_row(r) for r in rows])
-        ds.to_parquet(str(tmp / "data" / f"{split}-00000-of-00001.parquet"))
+        if features is not None and ds.features != features:
+            ds = ds.cast(features)     # splits share one schema (a column all null in one split takes the other's type)
+        features = features or ds.features
+        parquet = tmp / "data" / f"{split}-00000-of-00001.parquet"
+        ds.to_parquet(str(parquet))
+        split_infos[split] = SplitInfo(split, num_bytes=parquet.stat().st_size, num_examples=len(rows))
         write_jsonl(tmp / "jsonl" / f"{split}.jsonl", rows)
         columns = columns or list(ds.column_names)
+    info = DatasetInfo(features=features, splits=SplitDict(split_infos),
+                       dataset_size=sum(i.num_bytes for i in split_infos.values()))._to_yaml_dict()
     if card.decontamination is not None:
         write_atomic(tmp / "decontamination.json", json.dumps(card.decontamination, indent=1))
-    write_atomic(tmp / "README.md", card.render({s: len(r) for s, r in splits.items()}, columns))
+    write_atomic(tmp / "README.md", card.render({s: len(r) for s, r in splits.items()}, columns, info))
+    tmp.chmod(0o755)     # mkdtemp makes it private; a dataset folder is for sharing
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)

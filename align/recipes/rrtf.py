@@ -192,6 +192,12 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
     run.stage(f"train-{method}", config=[cfg.method, asdict(cfg.train), init],
               inputs=[run.path("ranked.jsonl")], outputs=[f"train/{method}"],
               fn=lambda: train_step(cfg, groups, init, out_dir))
+    # The training rows as a dataset (Parquet + JSONL + card) that `datasets.load_dataset` opens.
+    rows_file = run.path(f"train/{cfg.method}-rows.jsonl")
+    if rows_file.exists():
+        from align.datagen import publish_rows
+        run.stage(f"dataset-{method}-rows", config=[cfg.name, cfg.method], inputs=[rows_file],
+                  outputs=[f"datasets/{method}-rows"], fn=lambda: publish_rows(cfg, run, rows_file))
 
     # 7. pass@1 of the student before and after, and of the first teacher, each with its own backend
     #    and template: on the held-out problems and on each benchmark (eval.benchmarks; by default

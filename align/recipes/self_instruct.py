@@ -22,11 +22,10 @@ import sys
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from types import SimpleNamespace
 
 from align import fanout, stages
 from align.config import ConfigError, dump, load
-from align.pipeline_config import ExecuteConfig, SamplingConfig
+from align.pipeline_config import ExecuteConfig, ModelSpec, SamplingConfig
 from align.recipes import cli
 from align.rundir import RunDir
 from rank.plugins import UnknownNameError
@@ -37,21 +36,9 @@ CODE_LLAMA_FUNNEL = {"questions": 62_000, "after_dedup": 52_000, "with_passing_s
 
 
 @dataclass
-class ModelRef:
-    """A model that writes questions, tests or solutions: a reference (registry name, hub id, path,
-    tiny:teacher), its generation backend and options, and how it is sampled."""
-    ref: str = "tiny:teacher"
-    backend: str = "hf"
-    options: dict = field(default_factory=dict)
-    sample: SamplingConfig = field(default_factory=SamplingConfig)
-    replicas: int = 1
-    batch_size: int = 16
-
-
-@dataclass
 class QuestionsConfig:
     generator: str = "tasks"          # evol.self_instruct.QUESTION_GENERATORS: tasks | model | pkg.mod:fn
-    model: ModelRef | None = None     # for generator "model"
+    model: ModelSpec | None = None     # for generator "model"
     n: int = 200
     per_prompt: int = 5               # questions asked for per model prompt
     topics: list[str] | None = None   # None = evol.self_instruct.TOPICS
@@ -68,13 +55,13 @@ class DedupConfig:
 @dataclass
 class TestsConfig:
     generator: str = "tasks"          # evol.self_instruct.TEST_GENERATORS: tasks | model | pkg.mod:fn
-    model: ModelRef | None = None
+    model: ModelSpec | None = None
     min_tests: int = 3
 
 
 @dataclass
 class SolveConfig:
-    model: ModelRef = field(default_factory=lambda: ModelRef(sample=SamplingConfig(n=10)))
+    model: ModelSpec = field(default_factory=lambda: ModelSpec("tiny:teacher", sample=SamplingConfig(n=10)))
     shard_size: int = 64              # questions per resumable shard
 
 
@@ -94,57 +81,43 @@ class SelfInstructConfig:
     push_to_hub: str | None = None                  # "user/name", or a local folder
 
 
-class TextGenerator:
-    """One backend replica turning a shard of {"i", "prompt"} rows into {"i", "text"} rows (a Ray actor)."""
-
-    def __init__(self, backend: str, path: str, options: dict, params: dict, batch_size: int):
-        from align.generate import SamplingParams, load_backend
-
-        self.params = SamplingParams(**{**params, "n": 1})
-        self.backend = load_backend(backend, path, batch_size=batch_size, **options)
-
-    def generate(self, rows: list[dict]) -> list[dict]:
-        outs = self.backend.generate([r["prompt"] for r in rows], self.params)
-        return [{"i": r["i"], "text": texts[0]} for r, texts in zip(rows, outs)]
-
-
 def model_path(ref: str, cfg: SelfInstructConfig, log) -> str:
-    """What `from_pretrained` loads for `ref` (the loop's resolver: registry, tiny models, paths)."""
-    from align.recipes.rrtf import resolve_models
+    """What `from_pretrained` loads for `ref` (a built entry such as tiny:teacher builds itself, once)."""
+    from align.models import resolve_ref
 
-    return resolve_models(SimpleNamespace(models=SimpleNamespace(student=ref, teachers=[]), tiny=cfg.tiny), log)[ref]
+    return resolve_ref(ref, cfg.tiny, log)
 
 
-def generate_fn(run: RunDir, stage: str, m: ModelRef, cfg: SelfInstructConfig):
-    """The plain `list[str] -> list[str]` callable evol takes, fanned out over `m.replicas` Ray
-    actors in resumable shards of the run directory."""
-    def generate(prompts: list[str]) -> list[str]:
-        import ray
+def generate_fn(run: RunDir, stage: str, m: ModelSpec, cfg: SelfInstructConfig):
+    """evol's plain `generate` callable for model entry `m` (align.datagen: Ray actors, resumable shards)."""
+    from align.datagen import text_fn
 
-        fanout.init_ray(cfg.ray_address, cfg.num_cpus)
-        path = model_path(m.ref, cfg, run.log)
-        actors = [ray.remote(num_cpus=1)(TextGenerator).remote(m.backend, path, m.options, asdict(m.sample),
-                                                               m.batch_size) for _ in range(m.replicas)]
-        try:
-            rows = run.sharded(stage, [{"i": i, "prompt": p} for i, p in enumerate(prompts)], 32, None,
-                               run.fingerprint([asdict(m), prompts], []),
-                               executor=lambda _fn, shards: fanout.actor_map(actors, "generate", shards))
-        finally:
-            for a in actors:
-                ray.kill(a)
-        return [r["text"] for r in sorted(rows, key=lambda r: r["i"])]
-    return generate
+    return text_fn(m, model_path(m.ref, cfg, run.log), run, stage, cfg.ray_address, cfg.num_cpus)
 
 
 def load_files(files: list, overrides: list[str] = ()) -> SelfInstructConfig:
     """The config from YAML files and overrides, with generator names and model entries checked."""
     from evol.self_instruct import question_generator, test_generator
 
+    from align import generate
+    from align.models import check_ref
+    from align.templates import get_template
+
     cfg = load(SelfInstructConfig, files, overrides)
     question_generator(cfg.questions.generator), test_generator(cfg.tests.generator)   # unknown names fail now
     for section, gen in (("questions", cfg.questions), ("tests", cfg.tests)):
         if gen.generator == "model" and gen.model is None:
             raise ConfigError(f"{section}.generator is 'model' but {section}.model is not set")
+    for where, m in (("questions.model", cfg.questions.model), ("tests.model", cfg.tests.model),
+                     ("solve.model", cfg.solve.model)):
+        if m is None:
+            continue
+        for what, check in (("ref", lambda: check_ref(m.ref)), ("template", lambda: get_template(m.template)),
+                            ("backend", lambda: generate.check_backend(m.backend, m.options))):
+            try:
+                check()
+            except (UnknownNameError, ValueError, TypeError) as e:
+                raise ConfigError(f"{where}.{what}: {e}") from None
     return cfg
 
 
@@ -224,9 +197,8 @@ def run_job(cfg: SelfInstructConfig, run: RunDir) -> dict:
 
         fanout.init_ray(cfg.ray_address, cfg.num_cpus)
         path = model_path(m.ref, cfg, run.log)
-        params = stages.sampling_params(m.sample)
-        actors = [ray.remote(num_cpus=1)(stages.Sampler).remote(m.backend, path, m.ref, "teacher", params,
-                                                                 m.batch_size) for _ in range(m.replicas)]
+        actor = ray.remote(**stages.actor_resources(m))(stages.Sampler)
+        actors = [actor.remote(asdict(m), path, "teacher") for _ in range(m.replicas)]
         try:
             out = run.sharded("solve", [asdict(p) for p in problems.values()], cfg.solve.shard_size, None,
                               run.fingerprint([asdict(m), path], [run.path("with_tests.jsonl")]),
@@ -282,12 +254,12 @@ def run_job(cfg: SelfInstructConfig, run: RunDir) -> dict:
         return funnel
     run.stage("select", config=[cfg.tests.min_tests, asdict(cfg.execute), cfg.name],
               inputs=[run.path("verdicts.jsonl")],
-              outputs=["sft.jsonl", "dpo.jsonl", "funnel.json", "datasets/sft", "datasets/dpo", "datasets/problems"],
+              outputs=["sft.jsonl", "dpo.jsonl", "funnel.json"],
               fn=select)
     funnel = json.loads(run.path("funnel.json").read_text())
     if cfg.push_to_hub:
         from align.publish import is_local, push
-        for kind in ("sft", "dpo", "problems"):
+        for kind in [k for k in ("sft", "dpo", "problems") if run.path(f"datasets/{k}").exists()]:
             target = f"{cfg.push_to_hub}/{kind}" if is_local(cfg.push_to_hub) else f"{cfg.push_to_hub}-{kind}"
             run.log(f"pushed datasets/{kind} to {push(run.path(f'datasets/{kind}'), target)}")
     print_funnel(funnel)
@@ -305,6 +277,9 @@ def write_datasets(cfg: SelfInstructConfig, run: RunDir, funnel: dict, data: dic
             "dpo": "prompt, chosen (the answer) and rejected (a solution that failed the tests)",
             "problems": "the questions with their verified tests and the answer as reference"}
     for kind, rows in data.items():
+        if not rows:
+            run.log(f"datasets/{kind}: no rows, not written")
+            continue
         card = DatasetCard(
             title=f"{cfg.name}: self-instruct {kind}",
             produced_by=f"python -m align.recipes.self_instruct --base {cfg.base}  (run directory {run.root})",

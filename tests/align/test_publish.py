@@ -55,6 +55,17 @@ def test_push_to_a_local_folder_and_to_the_hub(tmp_path, monkeypatch):
     assert calls == [("create", "user/name", "dataset"), ("upload", "user/name", str(out), "dataset")]
 
 
-def test_bad_split_name(tmp_path):
+def test_bad_split_name_and_empty_split(tmp_path):
     with pytest.raises(ValueError, match="split name"):
         write_dataset(tmp_path / "ds", {"train/x": ROWS}, _card())
+    with pytest.raises(ValueError, match="no rows"):
+        write_dataset(tmp_path / "ds", {"train": ROWS, "test": []}, _card())
+    assert not (tmp_path / "ds").exists()
+
+
+def test_two_folders_of_the_same_name_do_not_share_the_datasets_cache(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    a = write_dataset(tmp_path / "a/problems", {"train": ROWS}, _card())
+    b = write_dataset(tmp_path / "b/problems", {"train": ROWS[:1] * 3}, _card())
+    assert datasets.load_dataset(str(a))["train"].num_rows == 2
+    assert datasets.load_dataset(str(b))["train"].num_rows == 3
