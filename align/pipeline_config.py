@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from align.train.config import RankLossArgs
+
 
 @dataclass
 class SamplingConfig:
@@ -108,9 +110,10 @@ class TrainConfig:
     dataset: str | None = None       # training-set builder (align.train.datasets.BUILDERS); None = the method's
     dataset_args: dict[str, Any] = field(default_factory=dict)  # builder options, e.g. {pairing: best_vs_worst}
     init_from: str | None = None     # start from another method's output in this run dir (e.g. "sft"), or a path
-    loss_args: dict[str, Any] = field(default_factory=dict)   # -> align.train.losses.RankLossConfig
-    args: dict[str, Any] = field(default_factory=dict)        # -> transformers.TrainingArguments
-    trl: dict[str, Any] = field(default_factory=dict)         # -> trl.DPOConfig / trl.SFTConfig
+    loss_args: RankLossArgs = field(default_factory=RankLossArgs)   # align.train.config (no torch)
+    max_length: int | None = None    # tokens per (prompt, response); None: 1024 (rrtf/rrhf), TRL's default (dpo/sft)
+    args: dict[str, Any] = field(default_factory=dict)        # -> transformers.TrainingArguments (every method)
+    trl: dict[str, Any] = field(default_factory=dict)         # -> only the fields trl.DPOConfig/SFTConfig add
     lora: dict[str, Any] | None = None                        # -> peft.LoraConfig
     model_init_kwargs: dict[str, Any] = field(default_factory=dict)  # -> from_pretrained (dtype, attn_implementation)
     deepspeed: str | None = None     # zero2 | zero3 | zero3_offload | path to a JSON

@@ -24,9 +24,10 @@ def _model_line(spec) -> str:
 
 def describe(cfg: RunConfig) -> str:
     from align.models import estimate_memory
+    from align.train.config import trainer_options
 
     t = cfg.train
-    a = {**t.args, **t.trl}   # TRL's configs extend TrainingArguments
+    a = trainer_options(t, cfg.method)   # the one merge of train.args and train.trl
     per_dev = a.get("per_device_train_batch_size", 8)
     accum = a.get("gradient_accumulation_steps", 1)
     gpus = t.num_gpus_per_node * t.num_nodes if t.launcher != "inprocess" else 1

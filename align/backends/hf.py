@@ -9,6 +9,7 @@ from typing import Any
 
 from align.backends.base import (BackendOptionError, Prompt, SamplingParams, is_chat, new_usage, parse_options,
                                  truncate_at_stop)
+from align.tokenization import prompt_ids
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
@@ -86,7 +87,7 @@ class HFBackend:
                 text = tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
                 out.append(tok(text, add_special_tokens=False)["input_ids"])
             else:
-                out.append(tok(p)["input_ids"])
+                out.append(prompt_ids(tok, p))   # align.tokenization: the one rule training uses too
         return out
 
     def generate(self, prompts: list[Prompt], params: SamplingParams) -> list[list[str]]:

@@ -108,18 +108,8 @@ def check_passthrough(cfg: RunConfig) -> None:
     if cfg.tiny:
         from align.tiny import TinyConfig
         check_keys(TinyConfig, cfg.tiny, "tiny")
-    if cfg.train.loss_args:
-        from align.train.losses import RankLossConfig
-        check_keys(RankLossConfig, cfg.train.loss_args, "train.loss_args")
-    if cfg.train.args:
-        from transformers import TrainingArguments
-        check_keys(TrainingArguments, cfg.train.args, "train.args")
-    if cfg.train.trl:
-        trl_config = {"dpo": "DPOConfig", "sft": "SFTConfig"}.get(cfg.method)
-        if trl_config is None:
-            raise ConfigError(f"train.trl: only the dpo and sft methods use TRL's configs, not {cfg.method!r}")
-        import trl
-        check_keys(getattr(trl, trl_config), cfg.train.trl, "train.trl")
-    if cfg.train.lora:
-        from peft import LoraConfig
-        check_keys(LoraConfig, cfg.train.lora, "train.lora")
+    from align.train.config import check_train
+    try:
+        check_train(cfg.train, cfg.method)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
