@@ -74,7 +74,6 @@ _IN_PLACE_WRITES = (".write_text(", ".write_bytes(", "os.replace(", "os.rename("
 _ALLOWED_WRITES = {
     "rank/records.py": "the one atomic writer",
     "align/tiny.py": "renames a whole finished build directory into the cache (os.replace of a directory)",
-    "rank/execute.py": "appends one verdict line per finished job; a rerun drops a torn last line and skips done ids",
     "rank/sandbox/server.py": "writes no artifact: moves a candidate's nested directories up while emptying /tmp",
 }
 
