@@ -105,6 +105,16 @@ def test_a_job_runs_once_so_a_second_try_cannot_pass(one, tests):
     assert v.status == "failed" and v.passed == 0, v
 
 
+def test_answers_stay_aligned_when_a_step_is_cut_short(one):
+    """Calls sent ahead (prefetch): when a test raises before it reads all its answers, the rest are
+    dropped, so the next test reads its own answer and not a left-over one."""
+    program = "def g(x):\n    raise ValueError(x)\ndef f(x):\n    return x * 10\ndef h(x):\n    return x\n"
+    job = Job(id="aligned", code=program, tests=["assert g(1) + f(7) == 0", "assert h(5) == 5",
+                                                  "assert [f(1), g(2), f(3)] == []", "assert h(6) == 6"])
+    (v,) = one.run([job])
+    assert (v.status, v.passed, v.outcomes) == ("partial", 2, ["error", "pass", "error", "pass"]), v
+
+
 @pytest.mark.parametrize("answer", [
     "'\\ud800' * 100",                                       # a lone surrogate
     "'x' * (6 << 20)",                                       # megabytes of text
@@ -307,6 +317,46 @@ def test_the_server_is_out_of_the_candidates_reach(one):
             return refused
         """), tests=["assert f() == 10"])
     v, *_ = after(one, hit)
+    assert v.status == "passed", v
+
+
+# ---------------------------------------------------------------- 4. bounded kernel memory
+
+def test_tmpfs_inodes_are_bounded_and_given_back():
+    """Empty files cost no blocks, only inodes: /tmp and /dev/shm hold at most `tmp_inodes` each, and
+    the next job finds them all free again."""
+    config = SandboxConfig(workers=1, timeout_s=5.0, job_timeout_s=10.0, tmp_inodes=2000)
+    hoard = Job(id="hoard", code=code("""
+        import os
+        def f(root):
+            made = 0
+            try:
+                while made < 100000:
+                    open(f"{root}/{made}", "w").close()
+                    made += 1
+            except OSError as e:
+                return [made < 2000, e.errno]
+            return [False, 0]
+        """), tests=["assert f('/tmp') == [True, 28]", "assert f('/dev/shm') == [True, 28]"])   # ENOSPC
+    free = Job(id="free", code=code("""
+        import os
+        def g():
+            return [os.statvfs(d).f_ffree >= os.statvfs(d).f_files - 1 for d in ("/tmp", "/dev/shm")]
+        """), tests=["assert g() == [True, True]"])
+    with Sandbox(config) as sb:
+        v, w = sb.run([hoard, free])
+    assert (v.status, v.passed) == ("passed", 2), v
+    assert w.status == "passed", w
+
+
+def test_no_capabilities_and_both_filters_inside(run):
+    """bwrap starts as uid 0 of the prelude's namespace: it must still leave the sandbox no capability."""
+    v = run(code("""
+        def f():
+            status = dict(line.split(":\t", 1) for line in open("/proc/self/status").read().splitlines())
+            return [status[k].strip() for k in ("CapEff", "CapPrm", "CapInh", "CapBnd", "CapAmb", "NoNewPrivs",
+                                                 "Seccomp", "Seccomp_filters")]
+        """), ["assert f() == ['0000000000000000'] * 5 + ['1', '2', '2'], f()"])
     assert v.status == "passed", v
 
 
