@@ -189,8 +189,9 @@ def check(result, what):
 uid, gid = os.getuid(), os.getgid()
 check(libc.unshare(0x10000000 | 0x00020000), "unshare(CLONE_NEWUSER | CLONE_NEWNS)")
 for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
-    with open(f"/proc/self/{name}", "w") as fh:
-        fh.write(text)
+    fd = os.open(f"/proc/self/{name}", os.O_WRONLY)
+    os.write(fd, text.encode())
+    os.close(fd)
 check(libc.mount(None, b"/", None, 0x4000 | 0x40000, None), "making / private")
 check(libc.mount(b"tmpfs", b"%(scratch)s", b"tmpfs", 6, b"size=65536,nr_inodes=8,mode=0755"), "scratch tmpfs")
 options = f"size={sys.argv[1]},nr_inodes={sys.argv[2]},mode=1777".encode()
