@@ -55,8 +55,14 @@ class DataConfig:
     min_depth: int = 1
     max_depth: int = 3
     seed: int = 0
+    # Benchmarks whose test problems are removed from the problems (evol.decontam specs); None =
+    # HumanEval plus the run's eval benchmarks. Report: decontamination.json.
+    decontaminate: list[str] | None = None
+    dedup_threshold: float = 0.7     # MinHash/Jaccard near-duplicate threshold among evolved problems
 
     def __post_init__(self) -> None:
+        if not 0 < self.dedup_threshold <= 1:
+            raise ValueError(f"dedup_threshold must be in (0, 1], got {self.dedup_threshold}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
 
@@ -64,8 +70,17 @@ class DataConfig:
 @dataclass
 class EvolveConfig:
     rounds: int = 1
-    operators: list[str] | None = None   # None = every built-in Evol-Instruct operator
+    operators: list[str] | None = None   # None = every built-in Evol-Instruct operator (evol.evolve.OPERATORS)
     seed: int = 0
+    # The model that evolves problems which are not built-in tasks: "student", "teachers[0]", the ref of
+    # one of the run's models, or an entry of its own ({ref, backend: openai, options: {base_url}, ...}).
+    model: ModelSpec | None = None
+    framing: str = "wizardcoder"         # wizardcoder | contest (PanGu-Coder2 §3.2): evol.llm_evolve.FRAMINGS
+    agreement_samples: int = 0           # solutions sampled per evolved problem for CodeT agreement (0 = off)
+
+    def __post_init__(self) -> None:
+        if self.agreement_samples < 0:
+            raise ValueError(f"agreement_samples must be >= 0, got {self.agreement_samples}")
 
 
 @dataclass

@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from align.pipeline_config import DataConfig, EvolveConfig
+from align.pipeline_config import DataConfig
 from align.templates import generate as generate_texts, get_template
 from rank.records import Candidate, Problem, RankedGroup, ScoredResponse, Verdict, from_dict
 from rank.strategies import get_strategy
@@ -34,14 +34,6 @@ def heldout_problems(cfg: DataConfig) -> list[Problem]:
 
     return load_source("tasks@heldout", cfg.n_heldout, seed=cfg.seed + 1, min_depth=cfg.min_depth,
                        max_depth=cfg.max_depth)
-
-
-def evolve_problems(seeds: list[Problem], cfg: EvolveConfig):
-    """Evol-Instruct rounds over the seeds; returns (problems incl. seeds, rejected rows)."""
-    from evol.evolve import evolve
-
-    res = evolve(seeds, rounds=cfg.rounds, operators=cfg.operators, seed=cfg.seed)
-    return res.problems, res.rejected
 
 
 # ------------------------------------------------------------------ sampling

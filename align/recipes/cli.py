@@ -69,12 +69,28 @@ def check_names(cfg: RunConfig) -> None:
     checks = []
     for where, spec in [("models.student", cfg.models.student),
                         *((f"models.teachers[{i}]", t) for i, t in enumerate(cfg.models.teachers))]:
-        checks += [(f"{where}.ref", check_ref, spec.ref), (f"{where}.template", get_template, spec.template)]
+        checks.append((f"{where}.template", get_template, spec.template))
+        if spec.backend != "openai":   # an API's model name is the server's to check, not ours
+            checks.append((f"{where}.ref", check_ref, spec.ref))
         if hasattr(generate, "check_backend"):      # validates names and options without importing them
             checks.append((f"{where}.backend", lambda s: generate.check_backend(s.backend, s.options), spec))
         else:
             checks.append((f"{where}.backend", lambda name: resolve(generate.BACKENDS, name, "generation backend"),
                            spec.backend))
+    from align.datagen import evolve_spec
+    from evol.llm_evolve import FRAMINGS
+
+    if cfg.evolve.framing not in FRAMINGS:
+        raise ConfigError(f"evolve.framing: unknown framing {cfg.evolve.framing!r}"
+                          f"{suggest(cfg.evolve.framing, FRAMINGS)}; known: {', '.join(FRAMINGS)}")
+    try:
+        evolver = evolve_spec(cfg)      # evolve.model names one of the run's entries, or is one of its own
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if evolver is not None and evolver is cfg.evolve.model:
+        checks += [("evolve.model.ref", check_ref, evolver.ref),
+                   ("evolve.model.template", get_template, evolver.template),
+                   ("evolve.model.backend", lambda s: generate.check_backend(s.backend, s.options), evolver)]
     checks.append(("rank.strategy", get_strategy, cfg.rank.strategy))
     checks += [("evolve.operators", resolve_operator, op) for op in cfg.evolve.operators or []]
     for where, fn, arg in checks:

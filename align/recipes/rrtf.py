@@ -80,16 +80,17 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
     student = models[cfg.models.student.ref]
     teachers = [models[t.ref] for t in cfg.models.teachers]
 
-    # 2. Problems: seeds, Evol-Instruct rounds with lineage, held-out set for eval.
-    def make_problems() -> dict:
-        seeds = stages.seed_problems(cfg.data)
-        problems, rejected = stages.evolve_problems(seeds, cfg.evolve)
-        write_jsonl(run.path("problems.jsonl"), problems)
-        write_jsonl(run.path("rejected.jsonl"), rejected)
-        write_jsonl(run.path("heldout.jsonl"), stages.heldout_problems(cfg.data))
-        return {"seeds": len(seeds), "problems": len(problems), "rejected": len(rejected)}
-    run.stage("problems", config=[asdict(cfg.data), asdict(cfg.evolve)], inputs=[],
-              outputs=["problems.jsonl", "heldout.jsonl", "rejected.jsonl"], fn=make_problems)
+    # 2. Problems: seeds, Evol-Instruct rounds with lineage (evolve.model for non-built-in problems),
+    #    dedup and decontamination, held-out set for eval (align.datagen).
+    from align.datagen import evolve_spec, problems_stage
+    from align.models import resolve_ref
+
+    evolver = evolve_spec(cfg)
+    run.stage("problems", config=[asdict(cfg.data), asdict(cfg.evolve), asdict(cfg.execute),
+                                  evolver and models.get(evolver.ref, evolver.ref)], inputs=[],
+              outputs=["problems.jsonl", "heldout.jsonl", "rejected.jsonl", "decontamination.json",
+                       "datasets/problems"],
+              fn=lambda: problems_stage(cfg, run, lambda ref: models.get(ref) or resolve_ref(ref, cfg.tiny, log)))
     problems = {p.id: p for p in read_jsonl(run.path("problems.jsonl"), Problem)}
 
     # 3. Sample each model's responses with its own backend, template and sampling (Ray actors).
@@ -166,6 +167,12 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
     run.stage(f"train-{method}", config=[cfg.method, asdict(cfg.train), init],
               inputs=[run.path("ranked.jsonl")], outputs=[f"train/{method}"],
               fn=lambda: train_from_groups(cfg.train, method, groups, init, out_dir, cfg.ray_address))
+    # The training rows as a dataset (Parquet + JSONL + card) that `datasets.load_dataset` opens.
+    rows_file = run.path(f"train/{method}-rows.jsonl")
+    if rows_file.exists():
+        from align.datagen import publish_rows
+        run.stage(f"dataset-{method}-rows", config=[cfg.name, method], inputs=[rows_file],
+                  outputs=[f"datasets/{method}-rows"], fn=lambda: publish_rows(cfg, run, rows_file))
 
     # 7. pass@1 of the student before and after, and of the first teacher, each with its own backend
     #    and template: on the held-out problems and on each benchmark (eval.benchmarks; by default
