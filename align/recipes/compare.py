@@ -393,9 +393,9 @@ def main(argv: list[str] | None = None) -> dict:
     log(f"{len(arms)} arms x {args.seeds} seeds, {steps} optimizer steps each, eval on {n_eval} {eval_name} problems")
 
     # 5. Train every arm x seed and evaluate each on the same set (resumable stages).
-    jobs = []
-    for a in arms:
-        for seed in range(args.seeds):
+    jobs = []   # seed-major: stopped early, every arm still has its first seeds
+    for seed in range(args.seeds):
+        for a in arms:
             cfg = arm_config(a, Namespace(**{**vars(args), "overrides": [
                 *args.overrides, f"train.args.max_steps={steps}", f"train.args.seed={seed}"]}))
             jobs.append({"root": str(run.root), "cfg": cfg, "arm": a.name, "seed": seed, "train": True,
