@@ -127,8 +127,11 @@ def resolve_ref(ref: str, build_options: dict | None = None, log=print) -> str:
     """What `from_pretrained` loads for `ref`: a built entry's local checkpoint (built once, cached),
     a registered hub id, or `ref` itself (a path or another hub id)."""
     entry = find(ref)
-    if entry is None:
-        return ref
+    return ref if entry is None else materialize(entry, build_options, log)
+
+
+def materialize(entry: ModelEntry, build_options: dict | None = None, log=print) -> str:
+    """A local checkpoint for a built entry (its `build` function, cached), else the hub id."""
     if entry.build:
         return str(resolve({}, entry.build, "model builder")(entry, build_options or {}, log))
     return entry.source
