@@ -146,7 +146,7 @@ def build_tiny(entry: ModelEntry, options: dict, log=print) -> str:
     return str(models.student_path if entry.name == "tiny:student" else models.teacher_path)
 
 
-def build_config(entry: ModelEntry) -> Any:
+def transformers_config(entry: ModelEntry) -> Any:
     """The transformers config from the registry's numbers (nothing downloaded)."""
     import transformers
 
@@ -167,7 +167,7 @@ def count_parameters(entry: ModelEntry) -> tuple[int, int]:
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(build_config(entry))
+        model = AutoModelForCausalLM.from_config(transformers_config(entry))
     total = sum({id(p): p.numel() for p in model.parameters()}.values())
     largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
     return total, largest

@@ -74,14 +74,14 @@ def build(entry: ModelEntry, options: dict, log: Callable[[str], None] = print) 
     import torch
     from transformers import AutoModelForCausalLM
 
-    from align.models import build_config
+    from align.models import transformers_config
 
     root = cache_root()
     path = root / content_id(BUILD_VERSION, dataclasses.asdict(entry))
     if (path / "config.json").exists():
         return str(path)
     tok = _tokenizer(root)
-    config = build_config(entry)
+    config = transformers_config(entry)
     # The tokenizer's ids and size (BPE may stop below TOKENIZER_VOCAB), so generation stops at EOS.
     config.vocab_size = len(tok)
     for key, value in {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
