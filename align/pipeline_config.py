@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from align.train.config import RankLossArgs
+
 
 @dataclass
 class SamplingConfig:
@@ -53,8 +55,14 @@ class DataConfig:
     min_depth: int = 1
     max_depth: int = 3
     seed: int = 0
+    # Benchmarks whose test problems are removed from the problems (evol.decontam specs); None =
+    # HumanEval plus the run's eval benchmarks. Report: decontamination.json.
+    decontaminate: list[str] | None = None
+    dedup_threshold: float = 0.7     # MinHash/Jaccard near-duplicate threshold among evolved problems
 
     def __post_init__(self) -> None:
+        if not 0 < self.dedup_threshold <= 1:
+            raise ValueError(f"dedup_threshold must be in (0, 1], got {self.dedup_threshold}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
 
@@ -62,8 +70,17 @@ class DataConfig:
 @dataclass
 class EvolveConfig:
     rounds: int = 1
-    operators: list[str] | None = None   # None = every built-in Evol-Instruct operator
+    operators: list[str] | None = None   # None = every built-in Evol-Instruct operator (evol.evolve.OPERATORS)
     seed: int = 0
+    # The model that evolves problems which are not built-in tasks: "student", "teachers[0]", the ref of
+    # one of the run's models, or an entry of its own ({ref, backend: openai, options: {base_url}, ...}).
+    model: ModelSpec | None = None
+    framing: str = "wizardcoder"         # wizardcoder | contest (PanGu-Coder2 §3.2): evol.llm_evolve.FRAMINGS
+    agreement_samples: int = 0           # solutions sampled per evolved problem for CodeT agreement (0 = off)
+
+    def __post_init__(self) -> None:
+        if self.agreement_samples < 0:
+            raise ValueError(f"agreement_samples must be >= 0, got {self.agreement_samples}")
 
 
 @dataclass
@@ -94,9 +111,10 @@ class TrainConfig:
     dataset: str | None = None       # training-set builder (align.train.datasets.BUILDERS); None = the method's
     dataset_args: dict[str, Any] = field(default_factory=dict)  # builder options, e.g. {pairing: best_vs_worst}
     init_from: str | None = None     # start from another method's output in this run dir (e.g. "sft"), or a path
-    loss_args: dict[str, Any] = field(default_factory=dict)   # -> align.train.losses.RankLossConfig
-    args: dict[str, Any] = field(default_factory=dict)        # -> transformers.TrainingArguments
-    trl: dict[str, Any] = field(default_factory=dict)         # -> trl.DPOConfig / trl.SFTConfig
+    loss_args: RankLossArgs = field(default_factory=RankLossArgs)   # align.train.config (no torch)
+    max_length: int | None = None    # tokens per (prompt, response); None: 1024 (rrtf/rrhf), TRL's default (dpo/sft)
+    args: dict[str, Any] = field(default_factory=dict)        # -> transformers.TrainingArguments (every method)
+    trl: dict[str, Any] = field(default_factory=dict)         # -> only the fields trl.DPOConfig/SFTConfig add
     lora: dict[str, Any] | None = None                        # -> peft.LoraConfig
     model_init_kwargs: dict[str, Any] = field(default_factory=dict)  # -> from_pretrained (dtype, attn_implementation)
     deepspeed: str | None = None     # zero2 | zero3 | zero3_offload | path to a JSON

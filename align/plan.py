@@ -63,6 +63,8 @@ def _prompts(cfg: RunConfig) -> tuple[int, bool]:
 
 def estimate(cfg: RunConfig, n_params: int, hidden: int, n_layer: int) -> Estimate:
     """Tokens, steps, FLOPs and hours of one run of the loop (see the module docstring for the model)."""
+    from align.train.config import trainer_options
+
     p, t = cfg.plan, cfg.train
     prompts, counted = _prompts(cfg)
     specs = [cfg.models.student, *cfg.models.teachers]
@@ -78,7 +80,7 @@ def estimate(cfg: RunConfig, n_params: int, hidden: int, n_layer: int) -> Estima
     # response per prompt.
     per_prompt = {"rrtf": k, "rrhf": k, "dpo": 2, "sft": 1}.get(cfg.method, k)
     rows = prompts * per_prompt
-    a = {**t.args, **t.trl}
+    a = trainer_options(t, cfg.method)
     epochs = float(a.get("num_train_epochs", 3))
     per_dev, accum = a.get("per_device_train_batch_size", 8), a.get("gradient_accumulation_steps", 1)
     world = t.num_workers if t.launcher != "inprocess" else 1
@@ -99,9 +101,10 @@ def estimate(cfg: RunConfig, n_params: int, hidden: int, n_layer: int) -> Estima
 
 def describe(cfg: RunConfig) -> str:
     from align.models import count_parameters, estimate_memory, find
+    from align.train.config import trainer_options
 
     t = cfg.train
-    a = {**t.args, **t.trl}   # TRL's configs extend TrainingArguments
+    a = trainer_options(t, cfg.method)   # the one merge of train.args and train.trl
     per_dev = a.get("per_device_train_batch_size", 8)
     accum = a.get("gradient_accumulation_steps", 1)
     world = t.num_workers if t.launcher != "inprocess" else 1

@@ -77,6 +77,20 @@ def check_names(cfg: RunConfig) -> None:
         else:
             checks.append((f"{where}.backend", lambda name: resolve(generate.BACKENDS, name, "generation backend"),
                            spec.backend))
+    from align.datagen import evolve_spec
+    from evol.llm_evolve import FRAMINGS
+
+    if cfg.evolve.framing not in FRAMINGS:
+        raise ConfigError(f"evolve.framing: unknown framing {cfg.evolve.framing!r}"
+                          f"{suggest(cfg.evolve.framing, FRAMINGS)}; known: {', '.join(FRAMINGS)}")
+    try:
+        evolver = evolve_spec(cfg)      # evolve.model names one of the run's entries, or is one of its own
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if evolver is not None and evolver is cfg.evolve.model:
+        checks += [("evolve.model.ref", check_ref, evolver.ref),
+                   ("evolve.model.template", get_template, evolver.template),
+                   ("evolve.model.backend", lambda s: generate.check_backend(s.backend, s.options), evolver)]
     checks.append(("rank.strategy", get_strategy, cfg.rank.strategy))
     checks.append(("train.num_workers", lambda t: _check_world(t), cfg.train))
     checks += [("evolve.operators", resolve_operator, op) for op in cfg.evolve.operators or []]
@@ -108,18 +122,8 @@ def check_passthrough(cfg: RunConfig) -> None:
     if cfg.tiny:
         from align.tiny import TinyConfig
         check_keys(TinyConfig, cfg.tiny, "tiny")
-    if cfg.train.loss_args:
-        from align.train.losses import RankLossConfig
-        check_keys(RankLossConfig, cfg.train.loss_args, "train.loss_args")
-    if cfg.train.args:
-        from transformers import TrainingArguments
-        check_keys(TrainingArguments, cfg.train.args, "train.args")
-    if cfg.train.trl:
-        trl_config = {"dpo": "DPOConfig", "sft": "SFTConfig"}.get(cfg.method)
-        if trl_config is None:
-            raise ConfigError(f"train.trl: only the dpo and sft methods use TRL's configs, not {cfg.method!r}")
-        import trl
-        check_keys(getattr(trl, trl_config), cfg.train.trl, "train.trl")
-    if cfg.train.lora:
-        from peft import LoraConfig
-        check_keys(LoraConfig, cfg.train.lora, "train.lora")
+    from align.train.config import check_train
+    try:
+        check_train(cfg.train, cfg.method)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None

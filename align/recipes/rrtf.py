@@ -19,12 +19,13 @@ from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
-from align import fanout, stages
+from align import fanout, report, stages
 from align.config import ConfigError, dump
 from align.pipeline_config import ModelSpec, RunConfig
 from align.recipes import cli
 from align.rundir import RunDir
 from align.templates import get_template
+from align.train.launch import train_from_groups
 from evol.seeds import load_source
 from rank.plugins import UnknownNameError
 from rank.records import Candidate, Problem, RankedGroup, Verdict, read_jsonl, write_atomic, write_jsonl
@@ -38,38 +39,6 @@ def resolve_models(cfg: RunConfig, log, stand_ins: dict | None = None) -> dict[s
     stand_ins = stand_ins or {}
     return {s.ref: materialize(stand_ins[s.ref], cfg.tiny, log) if s.ref in stand_ins
             else resolve_ref(s.ref, cfg.tiny, log) for s in [cfg.models.student, *cfg.models.teachers]}
-
-
-def train_step(cfg: RunConfig, groups: list[RankedGroup], init: str, out_dir: Path) -> dict:
-    """Build the method's training set from ranked groups and train `init` into out_dir
-    (in this process, under torchrun, or as a Ray Train job: train.launcher)."""
-    from align.train.datasets import build_rows
-    from align.train.distributed import JobSpec, run_job, run_ray, run_torchrun
-
-    rows = build_rows(cfg.train.dataset or cfg.method, groups, **cfg.train.dataset_args)
-    if not rows:
-        raise RuntimeError(f"no training rows for {cfg.method}: every group was dropped by the ranking "
-                           f"strategy or the builder (see ranked.jsonl)")
-    rows_path = out_dir.parent / f"{cfg.method}-rows.jsonl"
-    write_jsonl(rows_path, rows)
-    # TRL's configs extend TrainingArguments: args is shared, trl adds DPOConfig/SFTConfig fields.
-    config = {**cfg.train.args, **cfg.train.trl}
-    rank_method = cfg.method in ("rrtf", "rrhf")
-    options = {}
-    if cfg.train.model_init_kwargs:
-        if rank_method:
-            options["model_init_kwargs"] = cfg.train.model_init_kwargs
-        else:
-            config["model_init_kwargs"] = cfg.train.model_init_kwargs
-    spec = JobSpec(method=cfg.method, model_path=init, rows_path=str(rows_path), output_dir=str(out_dir),
-                   config=config, deepspeed=cfg.train.deepspeed, lora=cfg.train.lora, options=options,
-                   loss={"loss": cfg.train.loss, **cfg.train.loss_args} if rank_method else {})
-    launch = {"inprocess": lambda: run_job(spec),
-              "torchrun": lambda: run_torchrun(spec, cfg.train.num_workers),
-              "ray": lambda: run_ray(spec, cfg.train.num_workers, cfg.ray_address,
-                                     use_gpu=cfg.train.num_gpus_per_node > 0)}
-    metrics = launch[cfg.train.launcher]()
-    return {"rows": len(rows), **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
 
 
 def evaluate_model(problems: list[Problem], cfg: RunConfig, spec: ModelSpec, path: str) -> dict:
@@ -100,7 +69,7 @@ def evaluate_in_actor(problems: list[Problem], cfg: RunConfig, spec: ModelSpec, 
     import ray
 
     fanout.init_ray(cfg.ray_address, cfg.num_cpus)
-    actor = ray.remote(**stages.actor_resources(spec))(_EvalActor).remote()
+    (actor,) = fanout.start_actors(_EvalActor, (), 1, stages.actor_resources(spec))
     try:
         return ray.get(actor.run.remote(problems, cfg, spec, path))
     finally:
@@ -141,16 +110,17 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
     student = models[cfg.models.student.ref]
     teachers = [models[t.ref] for t in cfg.models.teachers]
 
-    # 2. Problems: seeds, Evol-Instruct rounds with lineage, held-out set for eval.
-    def make_problems() -> dict:
-        seeds = stages.seed_problems(cfg.data)
-        problems, rejected = stages.evolve_problems(seeds, cfg.evolve)
-        write_jsonl(run.path("problems.jsonl"), problems)
-        write_jsonl(run.path("rejected.jsonl"), rejected)
-        write_jsonl(run.path("heldout.jsonl"), stages.heldout_problems(cfg.data))
-        return {"seeds": len(seeds), "problems": len(problems), "rejected": len(rejected)}
-    run.stage("problems", config=[asdict(cfg.data), asdict(cfg.evolve)], inputs=[],
-              outputs=["problems.jsonl", "heldout.jsonl", "rejected.jsonl"], fn=make_problems)
+    # 2. Problems: seeds, Evol-Instruct rounds with lineage (evolve.model for non-built-in problems),
+    #    dedup and decontamination, held-out set for eval (align.datagen).
+    from align.datagen import evolve_spec, problems_stage
+    from align.models import resolve_ref
+
+    evolver = evolve_spec(cfg)
+    run.stage("problems", config=[asdict(cfg.data), asdict(cfg.evolve), asdict(cfg.execute),
+                                  evolver and models.get(evolver.ref, evolver.ref)], inputs=[],
+              outputs=["problems.jsonl", "heldout.jsonl", "rejected.jsonl", "decontamination.json",
+                       "datasets/problems"],
+              fn=lambda: problems_stage(cfg, run, lambda ref: models.get(ref) or resolve_ref(ref, cfg.tiny, log)))
     problems = {p.id: p for p in read_jsonl(run.path("problems.jsonl"), Problem)}
 
     # 3. Sample each model's responses with its own backend, template and sampling (Ray actors).
@@ -162,20 +132,24 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
 
         fanout.init_ray(cfg.ray_address, cfg.num_cpus)
         rows = [asdict(p) for p in problems.values()]
-        out = []
+        out, usage = [], {}
         for spec, path, role in roles:
-            actor = ray.remote(**stages.actor_resources(spec))(stages.Sampler)
-            actors = [actor.remote(asdict(spec), path, role) for _ in range(spec.replicas)]
+            # Restarted when its process dies; a shard whose actor is gone is re-run on another.
+            actors = fanout.start_actors(stages.Sampler, (asdict(spec), path, role), spec.replicas,
+                                         stages.actor_resources(spec))
             fp = run.fingerprint([asdict(spec), path, role], [run.path("problems.jsonl")])
             out += run.sharded(f"sample-{role}-{spec.ref.replace('/', '_').replace(':', '_')}", rows,
                                cfg.sample.shard_size, None, fp,
-                               executor=lambda _fn, shards: fanout.actor_map(actors, "sample", shards))
+                               executor=lambda _fn, shards: fanout.actor_map(actors, "sample", shards, fanout.Progress(
+                                   sum(map(len, shards)), f"[sample] {role} {spec.ref}", "problems", log)))
+            counts = ray.get([a.usage.remote() for a in actors])   # requests, tokens, cache hits, retries
+            usage[spec.ref] = {k: sum(c.get(k, 0) for c in counts) for k in counts[0]} if counts else {}
             for a in actors:
                 ray.kill(a)
         if cfg.sample.include_reference:
             out += [asdict(c) for c in stages.reference_candidates(problems.values())]
         write_jsonl(run.path("candidates.jsonl"), out)
-        return {"candidates": len(out)}
+        return {"candidates": len(out), "usage": usage}
     run.stage("sample", config=[asdict(cfg.sample), [asdict(s) for s, _, _ in roles], models],
               inputs=[run.path("problems.jsonl")], outputs=["candidates.jsonl"], fn=sample)
     candidates = read_jsonl(run.path("candidates.jsonl"), Candidate)
@@ -188,7 +162,9 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
         fn = partial(stages.execute_shard, cfg=asdict(cfg.execute))
         verdicts = run.sharded("execute", rows, cfg.execute.shard_size, fn, fp,
                                # two sandbox workers per core keep a core busy (docs/sandbox.md)
-                               executor=lambda f, shards: fanout.ray_map(f, shards, max(1, cfg.execute.workers // 2)))
+                               executor=lambda f, shards: fanout.ray_map(
+                                   f, shards, max(1, cfg.execute.workers // 2),
+                                   progress=fanout.Progress(sum(map(len, shards)), "[execute]", "candidates", log)))
         write_jsonl(run.path("verdicts.jsonl"), verdicts)
         return {"verdicts": len(verdicts)}
     run.stage("execute", config=asdict(cfg.execute), inputs=[run.path("candidates.jsonl")],
@@ -222,7 +198,13 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
     out_dir = run.path(f"train/{method}")
     run.stage(f"train-{method}", config=[cfg.method, asdict(cfg.train), init],
               inputs=[run.path("ranked.jsonl")], outputs=[f"train/{method}"],
-              fn=lambda: train_step(cfg, groups, init, out_dir))
+              fn=lambda: train_from_groups(cfg.train, method, groups, init, out_dir, cfg.ray_address))
+    # The training rows as a dataset (Parquet + JSONL + card) that `datasets.load_dataset` opens.
+    rows_file = run.path(f"train/{method}-rows.jsonl")
+    if rows_file.exists():
+        from align.datagen import publish_rows
+        run.stage(f"dataset-{method}-rows", config=[cfg.name, method], inputs=[rows_file],
+                  outputs=[f"datasets/{method}-rows"], fn=lambda: publish_rows(cfg, run, rows_file))
 
     # 7. pass@1 of the student before and after, and of the first teacher, each with its own backend
     #    and template: on the held-out problems and on each benchmark (eval.benchmarks; by default
@@ -235,6 +217,7 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
                   fn=lambda spec=spec, name=name: {"problems": write_jsonl(
                       run.path(suites[name]), load_source(spec, cfg.eval.limit))})
     evals: dict = {}
+    eval_stages: dict = {}     # suite -> model label -> stage (its artifacts eval/<stage>.json(l)): the report's input
     for suite, data in suites.items():
         for name, spec, path, stage in [
                 ("student_before", cfg.models.student, student, "eval-student"),
@@ -254,22 +237,19 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
                       inputs=[run.path(data)],
                       outputs=[f"eval/{stage}.json"], fn=evaluate)
             evals.setdefault(suite, {})[name] = json.loads(result_path.read_text())
+            eval_stages.setdefault(suite, {})[name] = stage
     heldout_evals = evals.pop("heldout")
 
-    # 8. Report: eval.json, report.md, a plot, and a table on stdout.
+    # 8. Report: eval.json, report.md with its figures (align.report), and a table on stdout.
     keep = lambda v: {k: x for k, x in v.items() if k.startswith("pass@") or k in ("n_problems", "n_samples")}  # noqa: E731
     result: dict = {k: keep(v) for k, v in heldout_evals.items()}
     result["method"] = method
     result["benchmarks"] = {suite: {k: keep(v) for k, v in e.items()} for suite, e in evals.items()}
     write_atomic(run.path("eval.json"), json.dumps(result, indent=1))
-    stages.write_report(run.path("report.md"), cfg.name, heldout_evals, run.results,
-                        {"method": method, "student": student, "teachers": teachers,
-                         "benchmarks": result["benchmarks"], "total_seconds": round(time.time() - t_start, 1)})
-    stages.plot_eval(run.path("eval.png"), heldout_evals)
-    n_heldout = next(iter(heldout_evals.values()))["n_problems"]
-    print(f"\n{'model':<16}held-out pass@1 ({n_heldout} problems)" + "".join(f"  {s}" for s in evals))
-    for k, v in heldout_evals.items():
-        print(f"{k:<16}{v['pass@1']:.3f}" + "".join(f"  {evals[s][k]['pass@1']:.3f}" for s in evals))
+    print("\n" + report.write_report(run, title=cfg.name, method=method, evals=eval_stages, train_dir=out_dir,
+                                      models={"student": cfg.models.student.ref,
+                                              "teachers": ", ".join(t.ref for t in cfg.models.teachers)},
+                                      total_s=time.time() - t_start))
     skipped = [r.name for r in run.results if r.skipped]
     print(f"\nstages skipped: {', '.join(skipped) or 'none'}; total {time.time() - t_start:.0f}s; "
           f"artifacts in {run.root}")
