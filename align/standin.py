@@ -10,9 +10,9 @@ The preset is kept as it is, except that
 - GPU-only settings move to their CPU equivalents: vllm -> hf (one replica), bf16/fp16 -> fp32,
   ZeRO-3 offload -> ZeRO-3, flash attention -> sdpa, training workers -> at most 2 CPU processes, no
   GPUs per node, sandbox workers -> 4; max_new_tokens -> at most 128 (random models never stop early);
-- eval.limit defaults to 5 problems per benchmark, and each problem's reference solution joins the
-  candidates (sample.include_reference), so that ranking, DPO pairs and SFT rows exist although the
-  random models pass nothing.
+- eval.limit defaults to 5 problems per benchmark (and per held-out set), and each problem's
+  reference solution joins the candidates (sample.include_reference), so that ranking, DPO pairs
+  and SFT rows exist although the random models pass nothing.
 Models behind the `openai` backend stay as they are (point base_url at a local server). Every
 replacement is printed. Tests: tests/align/test_standin.py (slow: one preset per family).
 """
@@ -166,6 +166,9 @@ def apply(cfg: RunConfig) -> tuple[RunConfig, list[str], dict[str, ModelEntry]]:
     if cfg.eval.limit is None:
         cfg.eval = dataclasses.replace(cfg.eval, limit=5)
         said.append("eval.limit: none -> 5 problems per benchmark")
+    if cfg.data.n_heldout > cfg.eval.limit:
+        said.append(f"data.n_heldout: {cfg.data.n_heldout} -> {cfg.eval.limit} (the built-in held-out tasks)")
+        cfg.data = dataclasses.replace(cfg.data, n_heldout=cfg.eval.limit)
     if not cfg.sample.include_reference:
         cfg.sample = dataclasses.replace(cfg.sample, include_reference=True)
         said.append("sample.include_reference -> true (random models pass nothing; references give "
