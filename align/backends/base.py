@@ -10,7 +10,7 @@ from typing import Any, Protocol, Union, runtime_checkable
 
 from align.prompting import EOS
 from rank.plugins import suggest
-from rank.records import RecordError, from_dict
+from rank.typed import FieldError, build
 
 # Top-level code after the quoted spec is finished when the next spec, a script guard or a
 # top-level print starts (the Codex stop set of arXiv:2107.03374, adapted to align.prompting).
@@ -98,8 +98,7 @@ def parse_options(options_cls: type, backend: str, options: dict[str, Any],
             raise BackendOptionError(f"backend {backend!r}: unknown option {key!r}"
                                      f"{suggest(key, sorted(known | extra))}; valid: {', '.join(valid)}")
     try:
-        return from_dict(options_cls, own), passthrough
-    except RecordError as e:
-        raise BackendOptionError(f"backend {backend!r} options: {e}") from None
-    except ValueError as e:     # a range check in __post_init__
-        raise BackendOptionError(f"backend {backend!r}: {e}") from None
+        return build(options_cls, own), passthrough
+    except FieldError as e:     # a wrong type names the option; a range check in __post_init__ says its own
+        where = "" if e.field == options_cls.__name__ else f" option {e.field!r}:"
+        raise BackendOptionError(f"backend {backend!r}:{where} {e.message}") from None

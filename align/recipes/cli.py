@@ -71,7 +71,9 @@ def check_names(cfg: RunConfig) -> None:
     checks = []
     for where, spec in [("models.student", cfg.models.student),
                         *((f"models.teachers[{i}]", t) for i, t in enumerate(cfg.models.teachers))]:
-        checks += [(f"{where}.ref", check_ref, spec.ref), (f"{where}.template", get_template, spec.template)]
+        checks.append((f"{where}.template", get_template, spec.template))
+        if spec.backend != "openai":   # an API's model name is the server's to check, not ours
+            checks.append((f"{where}.ref", check_ref, spec.ref))
         if hasattr(generate, "check_backend"):      # validates names and options without importing them
             checks.append((f"{where}.backend", lambda s: generate.check_backend(s.backend, s.options), spec))
         else:

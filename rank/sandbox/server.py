@@ -186,6 +186,7 @@ def zygote_main(ctrl, server_pid=None):
     """Fork one C per request on `ctrl` (code + the C-side fds); answer with its pid. Exits when the
     server closes `ctrl`. `server_pid`: the process C's filter must not signal (isolated mode)."""
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)       # children (and, as PID 1, orphans) reaped by the kernel
+    signal.signal(signal.SIGINT, signal.SIG_IGN)        # PID 1 gets only signals it handles: handle none
     for name in WARM:                                   # what candidates commonly import, loaded once
         __import__(name)
     if server_pid is not None:
