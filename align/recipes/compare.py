@@ -427,11 +427,11 @@ def main(argv: list[str] | None = None) -> dict:
                          "stage": f"compare-{slug(args.tag)}-{slug(a.name)}-s{seed}", "eval_file": str(eval_file),
                          "collect": args.collect})
     references = [r for r in args.references.split(",") if r]
-    for ref in references:
+    for ref in reversed(references):       # first: cheap, and a comparison without its baseline is no use
         spec = {"student": first.models.student, "teacher": first.models.teachers[0]}.get(ref)
         if spec is None:
             p.exit(2, f"--references: {ref!r} is not one of student, teacher\n")
-        jobs.append({"root": str(run.root), "cfg": first, "arm": ref, "seed": None, "train": False,
+        jobs.insert(0, {"root": str(run.root), "cfg": first, "arm": ref, "seed": None, "train": False,
                      "init": models[spec.ref], "spec": spec,
                      "out": f"compare/{slug(args.tag)}/{ref}", "stage": f"compare-{slug(args.tag)}-{ref}",
                      "eval_file": str(eval_file), "collect": args.collect})
