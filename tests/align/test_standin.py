@@ -104,3 +104,19 @@ def test_starcoder_sft_then_dpo_presets_run_end_to_end_on_cpu(tmp_path, monkeypa
     _run(tmp_path, "starcoder-15b", "sft", extra=["eval.benchmarks=[humaneval]"])
     run, _ = _run(tmp_path, "starcoder-15b", "dpo", extra=["eval.benchmarks=[humaneval]"])
     assert (run / "train" / "dpo" / "config.json").exists()
+
+
+@pytest.mark.slow
+def test_stand_in_student_with_a_teacher_behind_a_local_openai_server(tmp_path, monkeypatch, openai_server):
+    """The README's path: a real preset, your own teacher behind an OpenAI-compatible API (here
+    `transformers serve` on localhost); --stand-in replaces only the student's weights."""
+    monkeypatch.setenv("RRTF_STANDIN_CACHE", str(tmp_path / "standin"))
+    teacher = [f"models.teachers.0.ref={openai_server.model}", "models.teachers.0.backend=openai",
+               "models.teachers.0.template=chat",
+               f"models.teachers.0.options={{base_url: '{openai_server.base_url}', api_key_env: null, "
+               f"cache_dir: '{tmp_path / 'api-cache'}'}}"]
+    run, ev = _run(tmp_path, "starcoder-15b", extra=["eval.benchmarks=[humaneval]", *teacher])
+    config = (run / "config.yaml").read_text()
+    assert "backend: openai" in config and openai_server.base_url in config
+    stats = json.loads((run / "stages" / "sample.json").read_text())["stats"]
+    assert stats["usage"][openai_server.model]["requests"] > 0      # the teacher was really asked
