@@ -124,7 +124,7 @@ def apply(cfg: RunConfig) -> tuple[RunConfig, list[str], dict[str, ModelEntry]]:
         small = stand_in_entry(entry)
         entries[spec.ref] = small
         said.append(f"{spec.ref}: weights -> random-init {entry.architecture.replace('Config', '')} "
-                    f"{small.n_layer} layers x {small.hidden_size} wide, vocab {small.vocab_size} (tiny tokenizer)")
+                    f"{small.n_layer} layers x {small.hidden_size} wide, {small.n_kv_head} kv head(s), the tiny tokenizer")
         new = dataclasses.replace(spec, options=_cpu_options(spec.options), replicas=1,
                                   backend="hf" if spec.backend in _GPU_BACKENDS else spec.backend,
                                   sample=dataclasses.replace(spec.sample, max_new_tokens=min(
