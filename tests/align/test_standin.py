@@ -80,7 +80,7 @@ def _run(tmp_path, base, method="rrtf", extra=()):
            "dpo": lambda a: rrtf.main(a, method="dpo")}[method](
         ["--base", base, "--stand-in", "--run-dir", str(run), *QUICK, *extra])
     ev = json.loads((run / "eval.json").read_text())
-    assert set(ev["benchmarks"]) == {"humaneval", "mbpp"} or set(ev["benchmarks"]) == {"humaneval"}
+    assert set(ev["benchmarks"]) == {"humaneval"}           # as asked by eval.benchmarks below
     for suite in ev["benchmarks"].values():
         assert set(suite) == {"student_before", "teacher", "student_after"}
         assert suite["student_after"]["n_problems"] == 2
@@ -115,7 +115,10 @@ def test_stand_in_student_with_a_teacher_behind_a_local_openai_server(tmp_path, 
                "models.teachers.0.template=chat",
                f"models.teachers.0.options={{base_url: '{openai_server.base_url}', api_key_env: null, "
                f"cache_dir: '{tmp_path / 'api-cache'}'}}"]
-    run, ev = _run(tmp_path, "starcoder-15b", extra=["eval.benchmarks=[humaneval]", *teacher])
+    # One short answer per request: `transformers serve` answers one at a time on CPU.
+    run, ev = _run(tmp_path, "starcoder-15b", extra=["eval.benchmarks=[humaneval]", "evolve.rounds=0",
+                                                     "models.teachers.0.sample.n=1", "eval.max_new_tokens=16",
+                                                     "models.teachers.0.sample.max_new_tokens=16", *teacher])
     config = (run / "config.yaml").read_text()
     assert "backend: openai" in config and openai_server.base_url in config
     stats = json.loads((run / "stages" / "sample.json").read_text())["stats"]
