@@ -114,8 +114,10 @@ def apply(cfg: RunConfig) -> tuple[RunConfig, list[str], dict[str, ModelEntry]]:
     specs = []
     for spec in [models.student, *models.teachers]:
         if spec.backend == "openai":
-            said.append(f"{spec.ref}: kept (openai backend at {spec.options.get('base_url', 'the default URL')})")
-            specs.append(spec)
+            # Served elsewhere: weights and options stay; one actor, as Ray here has 2 CPUs to place them.
+            said.append(f"{spec.ref}: kept (openai backend at {spec.options.get('base_url', 'the default URL')}), "
+                        f"replicas {spec.replicas} -> 1")
+            specs.append(dataclasses.replace(spec, replicas=1))
             continue
         entry = find(spec.ref)
         if entry is None:

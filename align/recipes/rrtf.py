@@ -145,7 +145,9 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
         out, usage = [], {}
         for spec, path, role in roles:
             # Restarted when its process dies; a shard whose actor is gone is re-run on another.
-            actors = fanout.start_actors(stages.Sampler, (asdict(spec), path, role), spec.replicas,
+            # No more actors than shards: an idle replica would only hold resources.
+            replicas = min(spec.replicas, max(1, -(-len(rows) // cfg.sample.shard_size)))
+            actors = fanout.start_actors(stages.Sampler, (asdict(spec), path, role), replicas,
                                          stages.actor_resources(spec))
             fp = run.fingerprint([asdict(spec), path, role], [run.path("problems.jsonl")])
             out += run.sharded(f"sample-{role}-{spec.ref.replace('/', '_').replace(':', '_')}", rows,

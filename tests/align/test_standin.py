@@ -49,6 +49,7 @@ def test_openai_teachers_are_kept():
     cfg, said, entries = standin.apply(_cfg("starcoder-15b", "rrtf", "models.teachers.0.backend=openai",
                                             "models.teachers.0.options={base_url: 'http://127.0.0.1:9'}"))
     assert "wizardcoder-15b" not in entries and cfg.models.teachers[0].backend == "openai"
+    assert cfg.models.teachers[0].options["base_url"] == "http://127.0.0.1:9" and cfg.models.teachers[0].replicas == 1
     assert any("kept (openai" in s for s in said)
 
 
