@@ -56,8 +56,7 @@ def text_fn(spec: Any, path: str, run: Any, stage: str, ray_address: str | None 
         if not prompts:
             return []
         fanout.init_ray(ray_address, num_cpus)
-        actor = ray.remote(**stages.actor_resources(spec))(TextGenerator)
-        actors = [actor.remote(asdict(spec), path) for _ in range(spec.replicas)]
+        actors = fanout.start_actors(TextGenerator, (asdict(spec), path), spec.replicas, stages.actor_resources(spec))
         try:
             rows = run.sharded(stage, [{"i": i, "prompt": p} for i, p in enumerate(prompts)], shard_size, None,
                                run.fingerprint([asdict(spec), path, prompts], []),
