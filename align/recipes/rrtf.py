@@ -213,6 +213,9 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
     skipped = [r.name for r in run.results if r.skipped]
     print(f"\nstages skipped: {', '.join(skipped) or 'none'}; total {time.time() - t_start:.0f}s; "
           f"artifacts in {run.root}")
+    if args.push_to_hub:
+        from align.publish import push_all
+        push_all(run.path("datasets"), args.push_to_hub, log)
     return result
 
 

@@ -129,8 +129,6 @@ def load_config(args: argparse.Namespace) -> SelfInstructConfig:
 
 def main(argv: list[str] | None = None) -> dict:
     p = cli.parser("self_instruct", __doc__)
-    p.add_argument("--push-to-hub", default=None, metavar="REPO",
-                   help="upload the datasets to this Hub dataset repo (or copy them to a local folder)")
     args = p.parse_args(argv)
     try:
         cfg = load_config(args)
@@ -254,10 +252,8 @@ def run_job(cfg: SelfInstructConfig, run: RunDir) -> dict:
               fn=select)
     funnel = json.loads(run.path("funnel.json").read_text())
     if cfg.push_to_hub:
-        from align.publish import is_local, push
-        for kind in [k for k in ("sft", "dpo", "problems") if run.path(f"datasets/{k}").exists()]:
-            target = f"{cfg.push_to_hub}/{kind}" if is_local(cfg.push_to_hub) else f"{cfg.push_to_hub}-{kind}"
-            run.log(f"pushed datasets/{kind} to {push(run.path(f'datasets/{kind}'), target)}")
+        from align.publish import push_all
+        push_all(run.path("datasets"), cfg.push_to_hub, run.log)
     print_funnel(funnel)
     skipped = [r.name for r in run.results if r.skipped]
     print(f"stages skipped: {', '.join(skipped) or 'none'}; datasets in {run.path('datasets')}")
