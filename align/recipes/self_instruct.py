@@ -130,6 +130,8 @@ def load_config(args: argparse.Namespace) -> SelfInstructConfig:
 def main(argv: list[str] | None = None) -> dict:
     p = cli.parser("self_instruct", __doc__)
     args = p.parse_args(argv)
+    if args.stand_in:
+        p.exit(2, "config error: --stand-in is not supported by the self-instruct job yet (the loop recipes have it)\n")
     try:
         cfg = load_config(args)
     except (ConfigError, UnknownNameError) as e:
