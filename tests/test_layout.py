@@ -1,4 +1,4 @@
-"""The dependency direction of DESIGN.md §2: align -> evol -> rank; rank is standard library only."""
+"""The dependency direction of docs/design.md §2: align -> evol -> rank; rank is standard library only."""
 import ast
 import re
 import subprocess
