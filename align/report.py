@@ -235,7 +235,8 @@ def write_report(run: Any, *, title: str, method: str, models: dict[str, Any], e
         if (Path(train_dir) / "runs").is_dir():   # train.args.report_to: [tensorboard]
             md += [f"TensorBoard (the same curves): `tensorboard --logdir {Path(train_dir) / 'runs'}`", ""]
     else:
-        md += ["No training log (the training stage wrote no log_history.jsonl).", ""]
+        md += ["No training curve: no logged step in train/<method>/log_history.jsonl (is train.args.logging_steps "
+               "larger than the number of steps?).", ""]
     md += ["## Problems", "", "| step | problems |", "|---|---|"]
     train_rows = train_stage.stats.get("rows") if train_stage else None
     md += [f"| {k} | {v} |" for k, v in funnel(root, train_rows)]

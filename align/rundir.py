@@ -30,7 +30,7 @@ def file_hash(path: str | Path) -> str:
 
 # Files a training run writes beside the model that do not change what the model computes.
 _NOT_MODEL = {"metrics.json", "job.json", "training_args.bin", "trainer_state.json", "README.md",
-              "tiny_build.json", "log_history.jsonl"}
+              "tiny_build.json", "log_history.jsonl", "job-fingerprint.json"}
 
 
 def _stream_hash(path: Path) -> str:
@@ -83,9 +83,9 @@ class RunDir:
     def model_fingerprint(self, path: str | Path) -> str:
         """Content hash of the model saved in directory `path` (its final weights, config and tokenizer:
         `model_files`), for the eval stage's config. Each file's sha256 is cached in
-        `stages/file-hashes.json` under (path, size, mtime), so a rerun reads no weights unless they changed:
+        `cache/file-hashes.json` under (path, size, mtime), so a rerun reads no weights unless they changed:
         at 15B that saves reading tens of GB (and hundreds with the checkpoints) on every rerun."""
-        cache_path = self._manifest("file-hashes")
+        cache_path = self.root / "cache" / "file-hashes.json"
         cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
         parts, changed = [], False
         for q in model_files(path):

@@ -13,7 +13,7 @@ from typing import Any
 
 from align.pipeline_config import DataConfig, EvolveConfig
 from align.templates import generate as generate_texts, get_template
-from rank.records import Candidate, Problem, RankedGroup, ScoredResponse, Verdict, from_dict, write_atomic
+from rank.records import Candidate, Problem, RankedGroup, ScoredResponse, Verdict, from_dict
 from rank.strategies import get_strategy
 
 
@@ -60,6 +60,10 @@ class Sampler:
         self.params = SamplingParams(**spec["sample"])
         self.backend = load_backend(spec["backend"], model_path, **spec["options"])
 
+    def usage(self) -> dict:
+        """The backend's counters (requests, tokens, cache hits, retries) for the stage's stats."""
+        return dict(getattr(self.backend, "usage", {}))
+
     def sample(self, problems: list[dict]) -> list[dict]:
         probs = [from_dict(Problem, p) for p in problems]
         outs = generate_texts(self.backend, self.template, probs, self.params)
@@ -74,12 +78,12 @@ class Sampler:
 
 
 def actor_resources(spec: Any) -> dict:
-    """Ray actor options for a model entry: what its backend needs (GPUs for vllm/hf on cuda)."""
-    from align import generate
+    """Ray actor options for a model entry: what its backend needs (GPUs for vllm, hf on cuda). Call
+    after Ray is up: an hf entry with device "auto" asks for a GPU when the cluster has one."""
+    from align.fanout import gpus_available
+    from align.generate import backend_resources
 
-    if hasattr(generate, "backend_resources"):
-        return generate.backend_resources(spec.backend, spec.options)
-    return {"num_cpus": 1}
+    return backend_resources(spec.backend, spec.options, gpus_available())
 
 
 # ------------------------------------------------------------------ benchmarks
@@ -186,32 +190,3 @@ def verdict_summary(candidates: list[Candidate], verdicts: list[Verdict]) -> dic
     for m in out.values():
         m["pass_rate"] = round(m["statuses"].get("passed", 0) / m["n"], 4)
     return out
-
-
-# ------------------------------------------------------------------ report
-
-def write_report(path: Path, name: str, evals: dict, stages: list, extra: dict) -> None:
-    lines = [f"# Run {name}", "", "| model | held-out pass@1 |", "|---|---|"]
-    lines += [f"| {k} | {v['pass@1']:.3f} |" for k, v in evals.items()]
-    lines += ["", "| stage | skipped now | seconds (when it ran) | stats |", "|---|---|---|---|"]
-    lines += [f"| {s.name} | {s.skipped} | {s.seconds:.1f} | {s.stats} |" for s in stages]
-    lines += ["", "```", *(f"{k}: {v}" for k, v in extra.items()), "```", ""]
-    write_atomic(path, "\n".join(lines))
-
-
-def plot_eval(path: Path, evals: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3))
-    names = list(evals)
-    ax.bar(names, [evals[n]["pass@1"] for n in names], color=["#999", "#2a7", "#27c"][: len(names)])
-    ax.set_ylabel("held-out pass@1")
-    ax.set_ylim(0, 1)
-    for i, n in enumerate(names):
-        ax.text(i, evals[n]["pass@1"] + 0.02, f"{evals[n]['pass@1']:.2f}", ha="center")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -75,6 +75,9 @@ _ALLOWED_WRITES = {
     "rank/records.py": "the one atomic writer",
     "align/tiny.py": "renames a whole finished build directory into the cache (os.replace of a directory)",
     "rank/execute.py": "appends one verdict line per finished job; a rerun drops a torn last line and skips done ids",
+    "align/generate.py": "the sampling CLI appends each chunk's candidates; a rerun drops a torn last line and "
+                         "the rows of unfinished problems, and skips finished problems",
+    "rank/sandbox/server.py": "writes no artifact: moves a candidate's nested directories up while emptying /tmp",
 }
 
 

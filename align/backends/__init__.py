@@ -65,9 +65,7 @@ def backend_resources(name: str, options: dict[str, Any] | None = None,
 def load_backend(name: str, model: Any, **options: Any) -> Backend:
     """Build backend `name` (a built-in or "package.module:Class") for `model`: a path, a hub id,
     or a registry name of align.models ("starcoder-15b" loads its hub id or local path)."""
-    from align.models import REGISTRY
+    from align.models import resolve_ref
 
     cls, _, _ = _checked(name, options)
-    if isinstance(model, str) and model in REGISTRY:
-        model = REGISTRY[model].source
-    return cls(model, **options)
+    return cls(resolve_ref(model) if isinstance(model, str) else model, **options)

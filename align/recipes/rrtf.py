@@ -19,7 +19,7 @@ from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
-from align import fanout, stages
+from align import fanout, report, stages
 from align.config import ConfigError, dump
 from align.pipeline_config import ModelSpec, RunConfig
 from align.recipes import cli
@@ -101,18 +101,22 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
 
         fanout.init_ray(cfg.ray_address, cfg.num_cpus)
         rows = [asdict(p) for p in problems.values()]
-        out = []
+        out, usage = [], {}
         for spec, path, role in roles:
-            actor = ray.remote(**stages.actor_resources(spec))(stages.Sampler)
-            actors = [actor.remote(asdict(spec), path, role) for _ in range(spec.replicas)]
+            # Restarted when its process dies; a shard whose actor is gone is re-run on another.
+            actors = fanout.start_actors(stages.Sampler, (asdict(spec), path, role), spec.replicas,
+                                         stages.actor_resources(spec))
             fp = run.fingerprint([asdict(spec), path, role], [run.path("problems.jsonl")])
             out += run.sharded(f"sample-{role}-{spec.ref.replace('/', '_').replace(':', '_')}", rows,
                                cfg.sample.shard_size, None, fp,
-                               executor=lambda _fn, shards: fanout.actor_map(actors, "sample", shards))
+                               executor=lambda _fn, shards: fanout.actor_map(actors, "sample", shards, fanout.Progress(
+                                   sum(map(len, shards)), f"[sample] {role} {spec.ref}", "problems", log)))
+            counts = ray.get([a.usage.remote() for a in actors])   # requests, tokens, cache hits, retries
+            usage[spec.ref] = {k: sum(c.get(k, 0) for c in counts) for k in counts[0]} if counts else {}
             for a in actors:
                 ray.kill(a)
         write_jsonl(run.path("candidates.jsonl"), out)
-        return {"candidates": len(out)}
+        return {"candidates": len(out), "usage": usage}
     run.stage("sample", config=[asdict(cfg.sample), [asdict(s) for s, _, _ in roles], models],
               inputs=[run.path("problems.jsonl")], outputs=["candidates.jsonl"], fn=sample)
     candidates = read_jsonl(run.path("candidates.jsonl"), Candidate)
@@ -125,7 +129,9 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
         fn = partial(stages.execute_shard, cfg=asdict(cfg.execute))
         verdicts = run.sharded("execute", rows, cfg.execute.shard_size, fn, fp,
                                # two sandbox workers per core keep a core busy (docs/sandbox.md)
-                               executor=lambda f, shards: fanout.ray_map(f, shards, max(1, cfg.execute.workers // 2)))
+                               executor=lambda f, shards: fanout.ray_map(
+                                   f, shards, max(1, cfg.execute.workers // 2),
+                                   progress=fanout.Progress(sum(map(len, shards)), "[execute]", "candidates", log)))
         write_jsonl(run.path("verdicts.jsonl"), verdicts)
         return {"verdicts": len(verdicts)}
     run.stage("execute", config=asdict(cfg.execute), inputs=[run.path("candidates.jsonl")],
@@ -172,6 +178,7 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
                   fn=lambda spec=spec, name=name: {"problems": write_jsonl(
                       run.path(suites[name]), load_source(spec, cfg.eval.limit))})
     evals: dict = {}
+    eval_stages: dict = {}     # suite -> model label -> stage (its artifacts eval/<stage>.json(l)): the report's input
     for suite, data in suites.items():
         for name, spec, path, stage in [
                 ("student_before", cfg.models.student, student, "eval-student"),
@@ -191,22 +198,19 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
                       inputs=[run.path(data)],
                       outputs=[f"eval/{stage}.json"], fn=evaluate)
             evals.setdefault(suite, {})[name] = json.loads(result_path.read_text())
+            eval_stages.setdefault(suite, {})[name] = stage
     heldout_evals = evals.pop("heldout")
 
-    # 8. Report: eval.json, report.md, a plot, and a table on stdout.
+    # 8. Report: eval.json, report.md with its figures (align.report), and a table on stdout.
     keep = lambda v: {k: x for k, x in v.items() if k.startswith("pass@") or k in ("n_problems", "n_samples")}  # noqa: E731
     result: dict = {k: keep(v) for k, v in heldout_evals.items()}
     result["method"] = method
     result["benchmarks"] = {suite: {k: keep(v) for k, v in e.items()} for suite, e in evals.items()}
     write_atomic(run.path("eval.json"), json.dumps(result, indent=1))
-    stages.write_report(run.path("report.md"), cfg.name, heldout_evals, run.results,
-                        {"method": method, "student": student, "teachers": teachers,
-                         "benchmarks": result["benchmarks"], "total_seconds": round(time.time() - t_start, 1)})
-    stages.plot_eval(run.path("eval.png"), heldout_evals)
-    n_heldout = next(iter(heldout_evals.values()))["n_problems"]
-    print(f"\n{'model':<16}held-out pass@1 ({n_heldout} problems)" + "".join(f"  {s}" for s in evals))
-    for k, v in heldout_evals.items():
-        print(f"{k:<16}{v['pass@1']:.3f}" + "".join(f"  {evals[s][k]['pass@1']:.3f}" for s in evals))
+    print("\n" + report.write_report(run, title=cfg.name, method=method, evals=eval_stages, train_dir=out_dir,
+                                      models={"student": cfg.models.student.ref,
+                                              "teachers": ", ".join(t.ref for t in cfg.models.teachers)},
+                                      total_s=time.time() - t_start))
     skipped = [r.name for r in run.results if r.skipped]
     print(f"\nstages skipped: {', '.join(skipped) or 'none'}; total {time.time() - t_start:.0f}s; "
           f"artifacts in {run.root}")

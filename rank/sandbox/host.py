@@ -25,6 +25,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+from rank.sandbox import seccomp
 from rank.sandbox import wire as proto
 from rank.records import Verdict
 from rank.sandbox.runners import RUNNERS
@@ -48,6 +49,7 @@ class SandboxConfig:
     tmp_mb: int = 64                 # size of the private /tmp and /dev/shm
     output_limit: int = 4096         # characters of stdout/error kept in a verdict
     unsafe: bool = False             # run without bubblewrap (rlimits + process group only); warns
+    seccomp: bool = True             # the syscall filter (rank/sandbox/seccomp.py); off only to measure it
     python: str | None = None        # interpreter inside the sandbox (default: one the uid can run)
     language: str = "python"         # a Sandbox runs one language: rank.sandbox.runners.RUNNERS[language]
     bwrap: str = "bwrap"
@@ -159,18 +161,33 @@ def verdict_from_report(job: Job, report: dict, limit: int = 4096) -> Verdict:
         errors.append("job exceeded job_timeout_s; tests not reached count as not passed")
     return Verdict(candidate_id=job.id, status=status, passed=min(passed, total), total=total,
                    duration_s=round(float(report.get("duration_s", 0.0)), 6),
-                   stdout=str(report.get("stdout", ""))[:limit + 80], error="\n".join(errors)[:limit],
+                   stdout=proto.clean_text(str(report.get("stdout", "")), limit + 80),
+                   error=proto.clean_text("\n".join(map(str, errors)), limit),
                    outcomes=[] if status == "sandbox_error" or report.get("load") not in (None, "ok")
                    else [str(o) for o in outcomes[:total]])
 
 
 # ---------------------------------------------------------------- one sandboxed worker
 
+_FILTER: list[bytes] = []
+
+
+def _filter() -> bytes:
+    """The worker-wide syscall filter, assembled once per process."""
+    if not _FILTER:
+        try:
+            _FILTER.append(seccomp.sandbox_filter())
+        except seccomp.UnsupportedArch as e:
+            raise SandboxUnavailable(f"{e}; pass SandboxConfig(seccomp=False) to run without a "
+                                     "syscall filter") from None
+    return _FILTER[0]
+
+
 class _Worker:
     def __init__(self, config: SandboxConfig, interpreter: str):
         self.config, self.interpreter, self.proc = config, interpreter, None
 
-    def _argv(self, fd_in: int, fd_out: int) -> list[str]:
+    def _argv(self, fd_in: int, fd_out: int, fd_filter: int | None) -> list[str]:
         runner = RUNNERS[self.config.language]
         server = runner.server_argv(self.interpreter, fd_in, fd_out, not self.config.unsafe)
         if self.config.unsafe:
@@ -178,7 +195,8 @@ class _Worker:
         c = self.config
         # --as-pid-1: the server itself is PID 1, which the kernel shields from every signal it has no
         # handler for (SIGKILL and SIGSTOP included) when sent from inside the namespace.
-        argv = [c.bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
+        argv = [c.bwrap] + (["--seccomp", str(fd_filter)] if fd_filter is not None else [])
+        argv += ["--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
                 "--as-pid-1", "--new-session", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin",
                 "--setenv", "HOME", "/tmp", "--setenv", "LANG", "C.UTF-8", "--hostname", "sandbox",
                 "--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"]
@@ -204,13 +222,19 @@ class _Worker:
         if os.geteuid() == 0:                       # never run the sandbox as root: it could read /root
             kwargs = {"user": self.config.uid, "group": self.config.gid, "extra_groups": []}
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+        fds = [in_r, out_w]
+        if self.config.seccomp and not self.config.unsafe:
+            fds.append(os.memfd_create("rank-seccomp"))       # bwrap reads the program from it
+            os.write(fds[-1], _filter())
+            os.lseek(fds[-1], 0, os.SEEK_SET)
         try:
-            self.proc = subprocess.Popen(self._argv(in_r, out_w), stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, stderr=self.stderr, env=env,
-                                         pass_fds=(in_r, out_w), start_new_session=True, cwd="/",
-                                         **kwargs)
+            self.proc = subprocess.Popen(self._argv(in_r, out_w, fds[2] if len(fds) > 2 else None),
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=self.stderr, env=env, pass_fds=fds, start_new_session=True,
+                                         cwd="/", **kwargs)
         finally:
-            os.close(in_r), os.close(out_w)
+            for fd in fds:
+                os.close(fd)
         try:
             hello = proto.recv(self.r, time.monotonic() + 60)
         except (proto.Timeout, proto.Closed, ValueError) as e:
@@ -254,7 +278,7 @@ class _Worker:
             self.start()
         c = self.config
         msg = {"id": job.id, "code": job.code, "tests": job.tests, "test": job.test,
-               "entry_point": job.entry_point, "output_limit": c.output_limit,
+               "entry_point": job.entry_point, "prompt": job.prompt, "output_limit": c.output_limit,
                "limits": {"memory_mb": c.memory_mb, "file_mb": c.file_mb, "open_files": c.open_files,
                           "procs": c.procs, "timeout_s": c.timeout_s, "job_timeout_s": c.job_timeout_s}}
         start = time.monotonic()

@@ -17,7 +17,7 @@ from typing import Protocol
 
 # The in-sandbox server: these modules' sources travel on the command line (the sandbox uid may not be
 # able to read this package, e.g. under /root), and BOOT installs them as modules, in this order.
-SERVER_MODULES = ("wire", "plan", "tester", "server")
+SERVER_MODULES = ("wire", "plan", "tester", "seccomp", "server")
 BOOT = """
 import sys, types
 for name in ("rank", "rank.sandbox"):

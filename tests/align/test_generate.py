@@ -4,6 +4,7 @@ Run: .venv/bin/python -m pytest tests/align/test_generate.py"""
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from align.backends.hf import HFBackend, _StopOnText
 from align.generate import (BACKENDS, Backend, BackendOptionError, BackendUnavailable, SamplingParams,
                             backend_resources, check_backend, load_backend, truncate_at_stop)
 from rank.plugins import UnknownNameError
+from rank.records import Problem
 
 PROMPTS = ["def add(a, b):", "Write a function that reverses a list of integers.\ndef rev(xs):",
            "x", "import os\nimport sys\n", "class A:\n    pass\n"]
@@ -259,3 +261,36 @@ def test_hf_runs_on_cuda_in_bfloat16(tiny_dir, backend):
     params = SamplingParams(temperature=0, max_new_tokens=8, stop=[])
     assert fp32.generate(PROMPTS, params) == backend.generate(PROMPTS, params)   # GPU fp32 = CPU fp32
     assert len(b.generate(PROMPTS, params)) == len(PROMPTS)
+
+
+# ---------------------------------------------------------------- the sampling CLI
+
+def test_cli_samples_resumes_and_repairs_a_killed_write(tiny_dir, tmp_path, capsys):
+    from align.generate import main
+    from evol.tasks import generate_problems
+    from rank.records import Candidate, read_jsonl, write_jsonl
+
+    problems = tmp_path / "problems.jsonl"
+    write_jsonl(problems, generate_problems(5, seed=3))
+    out = tmp_path / "cands.jsonl"
+    args = ["--model", tiny_dir, "--backend", "hf", "-o", "batch_size=4", "--in", str(problems), "--out", str(out),
+            "--n", "2", "--max-new-tokens", "6", "--template", "pangu", "--chunk", "2"]
+    first = main(args + ["--limit", "3"])
+    assert first["candidates_written"] == 6 and first["skipped"] == 0 and first["usage"]["requests"] > 0
+    rows = read_jsonl(out, Candidate)
+    assert len({r.id for r in rows}) == 6 and {r.params["template"] for r in rows} == {"pangu"}
+
+    with open(out, "a") as fh:                         # a kill in the middle of a write
+        fh.write(json.dumps({**dataclasses.asdict(rows[0]), "problem_id": "half"})[:40])
+    second = main(args)
+    assert second["skipped"] == 3 and second["candidates_written"] == 4
+    again = read_jsonl(out, Candidate)
+    assert again[:6] == rows and len({r.id for r in again}) == 10
+    assert {r.problem_id for r in again} == {p.id for p in read_jsonl(problems, Problem)}
+    assert main(args)["candidates_written"] == 0       # everything there: nothing sampled
+
+    with pytest.raises(SystemExit, match="sampled with .*give another --out"):
+        main([*args[:-6], "--n", "2", "--max-new-tokens", "7", "--template", "pangu"])
+    with pytest.raises(SystemExit):
+        main([*args, "-o", "batchsize=3"])
+    assert "unknown option 'batchsize'" in capsys.readouterr().err

@@ -181,6 +181,18 @@ def test_api_key_is_sent_but_never_written(openai_server, proxy_factory, tmp_pat
     b.generate(PROMPTS[:2], SamplingParams(n=1, max_new_tokens=8))
     assert proxy.auth == {f"Bearer {secret}"}         # it was used ...
     assert secret not in repr(vars(b.options))
+
+    from align.generate import main          # the sampling CLI, as a user runs it
+    from evol.tasks import generate_problems
+    from rank.records import write_jsonl
+
+    write_jsonl(tmp_path / "problems.jsonl", generate_problems(3, seed=0))
+    args = ["--model", openai_server.model, "--backend", "openai", "--base-url", proxy.base_url,
+            "--api-key-env", "MY_TEACHER_KEY", "-o", f"cache_dir={tmp_path / 'cache'}", "-o", "max_concurrency=2",
+            "--in", str(tmp_path / "problems.jsonl"), "--out", str(tmp_path / "out" / "cands.jsonl"),
+            "--n", "2", "--max-new-tokens", "8"]
+    assert main(args)["usage"]["requests"] == 6
+    assert main(args)["candidates_written"] == 0     # a rerun: nothing to do
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert written
     for path in written:                              # ... and written nowhere
@@ -236,3 +248,30 @@ def test_rate_limiter_spaces_requests_and_tokens():
     tl.acquire(6000)
     tl.acquire(50)
     assert 0.4 <= time.monotonic() - t0 < 2
+
+
+@pytest.mark.slow
+def test_loop_with_a_teacher_behind_the_api(openai_server, tmp_path, monkeypatch):
+    """The README's "Teachers behind an API" command: own problems from a file, the student on hf,
+    the teacher on a local OpenAI-compatible server, its usage in the sample stage's stats."""
+    from test_loop import CI   # tests/ is on sys.path (tests/conftest.py)
+
+    from align.recipes import rrtf
+    from evol.tasks import generate_problems
+    from rank.records import Candidate, read_jsonl, write_jsonl
+
+    monkeypatch.setenv("RRTF_TINY_CACHE", str(tmp_path / "tiny"))
+    write_jsonl(tmp_path / "problems.jsonl", generate_problems(8, seed=11, max_depth=2))
+    teacher = ("[{ref: %s, backend: openai, template: pangu, sample: {n: 2, max_new_tokens: 48}, "
+               "options: {base_url: '%s', api_key_env: null, max_concurrency: 4, cache_dir: '%s'}}]"
+               % (openai_server.model, openai_server.base_url, tmp_path / "api-cache"))
+    args = ["--base", "tiny", "--run-dir", str(tmp_path / "run"), *[c for c in CI if not c.startswith("models.teachers")],
+            f"data.source={tmp_path / 'problems.jsonl'}", f"models.teachers={teacher}", "eval.benchmarks=[]"]
+    res = rrtf.main(args)
+    cands = read_jsonl(tmp_path / "run" / "candidates.jsonl", Candidate)
+    problems = {p["id"] for p in map(json.loads, (tmp_path / "run" / "problems.jsonl").read_text().splitlines())}
+    by_teacher = [c for c in cands if c.role == "teacher"]
+    assert len(by_teacher) == 2 * len(problems) and {c.model for c in by_teacher} == {openai_server.model}
+    stats = json.loads((tmp_path / "run" / "stages" / "sample.json").read_text())["stats"]
+    assert stats["usage"][openai_server.model]["requests"] == 2 * len(problems)
+    assert "teacher" in res and 0 <= res["teacher"]["pass@1"] <= 1

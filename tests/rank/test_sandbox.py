@@ -12,8 +12,8 @@ import textwrap
 
 import pytest
 
-from rank.records import STATUSES
-from rank.sandbox import Job, Sandbox, SandboxConfig, SandboxUnavailable, run_jobs, verdict_from_report
+from rank.records import STATUSES, Problem
+from rank.sandbox import Job, Sandbox, SandboxConfig, SandboxUnavailable, job_for, run_jobs, verdict_from_report
 
 MBPP = "mbpp/mbpp.jsonl"
 
@@ -105,11 +105,19 @@ def test_calls_reach_the_candidate_exactly_in_test_order(run, tests, expected):
         assert (v.status, v.passed) == expected, v
 
 
-def test_test_code_may_use_program_helpers_and_values(run):
-    program = "SCALE = 10\ndef helper(x):\n    return x * SCALE\ndef f(x):\n    return helper(x) + 1\n"
-    test = "def check(candidate):\n    assert candidate(2) == helper(2) + 1\n    assert SCALE == 10\n"
-    v = run(program, test=test, entry_point="f")
+def test_tests_use_the_prompts_helpers_not_the_programs(run):
+    """Helpers the prompt implements are the server's own (HumanEval/38's encode_cyclic); the program's
+    other names (helpers, constants) are not visible to the tests."""
+    prompt = "def helper(x):\n    return x * 10\n\ndef f(x):\n    \"\"\"helper(x) + 1\"\"\"\n"
+    test = "def check(candidate):\n    assert candidate(2) == helper(2) + 1\n"
+    honest = prompt + "    return helper(x) + 1\n"
+    v = run(honest, test=test, entry_point="f", prompt=prompt)
     assert (v.status, v.passed, v.total) == ("passed", 1, 1), v
+    forged = "def helper(x):\n    return 0\ndef f(x):\n    return 1\n"     # its own helper: not used
+    v = run(forged, test=test, entry_point="f", prompt=prompt)
+    assert (v.status, v.passed) == ("failed", 0), v
+    v = run("SCALE = 10\ndef f(x):\n    return x\n", ["assert f(SCALE) == 10"], entry_point="f")
+    assert v.status == "runtime_error" and "SCALE" in v.error, v
 
 
 def test_the_zygote_warm_up_leaves_nothing_in_the_candidate(run):
@@ -271,6 +279,11 @@ def test_verdict_rules(report, expected):
 
 # ---------------------------------------------------------------- reference data
 
+def _problem(row) -> Problem:
+    """A HumanEval row as the toolkit's Problem (what evol.seeds loads)."""
+    return Problem(id=row["task_id"], prompt=row["prompt"], entry_point=row["entry_point"], test=row["test"])
+
+
 def _humaneval(host):
     path = host.humaneval()
     if not path.exists():
@@ -281,8 +294,7 @@ def _humaneval(host):
 
 def test_all_humaneval_canonical_solutions_pass(sandbox, host):
     problems = _humaneval(host)
-    jobs = [Job(id=p["task_id"], code=p["prompt"] + p["canonical_solution"], test=p["test"],
-                entry_point=p["entry_point"]) for p in problems]
+    jobs = [job_for(_problem(p), p["prompt"] + p["canonical_solution"], p["task_id"]) for p in problems]
     verdicts = sandbox.run(jobs)
     failing = [(v.candidate_id, v.status, v.error[:200]) for v in verdicts if v.status != "passed"]
     assert len(verdicts) == 164 and not failing
@@ -294,13 +306,13 @@ def test_broken_humaneval_solutions_fail(sandbox, host):
     broken = []
     for p in problems:
         indent = re.match(r"\s*", p["canonical_solution"]).group(0) or "    "
-        broken.append(Job(id=p["task_id"], code=p["prompt"] + f"{indent}return None\n" + p["canonical_solution"],
-                          test=p["test"], entry_point=p["entry_point"]))
+        broken.append(job_for(_problem(p), p["prompt"] + f"{indent}return None\n" + p["canonical_solution"],
+                              p["task_id"]))
     verdicts = sandbox.run(broken)
     assert not [v.candidate_id for v in verdicts if v.status == "passed"]
     assert {v.status for v in verdicts} <= {"failed", "partial", "runtime_error", "timeout"}
-    swapped = [Job(id=a["task_id"], code=a["prompt"] + b["canonical_solution"], test=a["test"],
-                   entry_point=a["entry_point"]) for a, b in zip(problems[:40], problems[1:41])]
+    swapped = [job_for(_problem(a), a["prompt"] + b["canonical_solution"], a["task_id"])
+               for a, b in zip(problems[:40], problems[1:41])]
     assert not [v.candidate_id for v in sandbox.run(swapped) if v.status == "passed"]
 
 
