@@ -326,3 +326,53 @@ def test_gpu_bf16_zero3_dpo(tiny_model, tmp_path):
                  config={**TINY, "max_steps": 2, "bf16": True})
     metrics = run_torchrun(spec, nproc=torch.cuda.device_count(), timeout=600)
     _check_saved(spec.output_dir, metrics, steps=2)
+
+
+# ---------------------------------------------------------------- slow tier: the starcoder-15b preset, 2 CPU ranks
+
+def _preset_groups(n: int = 4) -> list:
+    from rank.records import RankedGroup, ScoredResponse
+
+    def resp(i, k, role, code, score):
+        return ScoredResponse(candidate_id=f"{i}-{k}", model=role, role=role, code=code, score=score,
+                              status="passed" if score >= 3 else "failed")
+    return [RankedGroup(problem_id=f"p{i}", prompt=f"Return x plus {i}.\ndef f(x):", strategy="pangu",
+                        responses=[resp(i, 0, "teacher", f"def f(x):\n    return x + {i}", 3.0),
+                                   resp(i, 1, "student", f"def f(x):\n    return x - {i}", 1.0)])
+            for i in range(n)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["torchrun", "ray"])
+def test_starcoder_15b_preset_two_ranks_trains_resumes_only_its_own_checkpoints_and_evaluates(
+        tiny_model, tmp_path, launcher):
+    """recipes/starcoder-15b/rrtf.yaml as written (ZeRO-3, bf16, gradient checkpointing, sdpa, max_length,
+    launcher) on a shrunken GPTBigCode with 2 CPU ranks; only the run length is cut. Saves a checkpoint per
+    step; a rerun with another learning rate starts over instead of continuing; the saved model loads and is
+    evaluated through the loop's own eval (HF backend + sandbox)."""
+    if launcher == "ray":
+        pytest.importorskip("ray.train")
+    from align.config import load
+    from align.pipeline_config import RunConfig
+    from align.recipes.cli import RECIPES, check_passthrough
+    from align.recipes.rrtf import evaluate_model
+    from align.train.launch import train_from_groups
+    from evol.tasks import generate_problems
+
+    short = ["train.args.max_steps=2", "train.args.save_steps=1", "train.args.per_device_train_batch_size=1",
+             "train.args.gradient_accumulation_steps=1", "train.args.logging_steps=1", "eval.max_new_tokens=16"]
+    cfg = load(RunConfig, [RECIPES / "starcoder-15b/rrtf.yaml"],
+               [f"train.launcher={launcher}", "train.num_workers=2", *short])
+    check_passthrough(cfg)
+    assert cfg.train.deepspeed == "zero3" and cfg.train.args["bf16"] and cfg.train.max_length == 2048
+    out = tmp_path / "run" / "train" / "rrtf"
+    first = train_from_groups(cfg.train, "rrtf", _preset_groups(), str(tiny_model), out, cfg.ray_address)
+    assert first["global_step"] == 2 and first["resumed_from"] is None and first["rows"] == 4
+    assert first["truncation_sequences"] == 8 and first["truncation_over_max_length"] == 0
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    cfg.train.args["learning_rate"] = 1e-4
+    second = train_from_groups(cfg.train, "rrtf", _preset_groups(), str(tiny_model), out, cfg.ray_address)
+    assert second["resumed_from"] is None and second["global_step"] == 2   # not "continue from checkpoint-2"
+    student = dataclasses.replace(cfg.models.student, backend="hf", options={})
+    result = evaluate_model(generate_problems(2, "heldout", seed=0), cfg, student, str(out))
+    assert result["n_problems"] == 2 and len(result["per_problem"]) == 2
