@@ -328,6 +328,20 @@ def test_gpu_bf16_zero3_dpo(tiny_model, tmp_path):
     _check_saved(spec.output_dir, metrics, steps=2)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA; test_torchrun_zero3_lora_rrtf_bf16_two_processes "
+                                                          "covers the same path on CPU")
+def test_gpu_bf16_zero3_lora_rrtf_with_checkpointing(tiny_model, tmp_path):
+    """Item 8 where it bites: NCCL ZeRO-3 gathers of a bf16 base with LoRA adapters, reentrant checkpointing."""
+    pytest.importorskip("peft")
+    spec = _spec(tmp_path, tiny_model, "rrtf", RANK_ROWS, deepspeed="zero3", lora={"r": 4, "target_modules": ["c_attn"]},
+                 config={"max_steps": 2, "per_device_train_batch_size": 2, "bf16": True, "gradient_checkpointing": True},
+                 options={"max_length": 64, "model_init_kwargs": {"dtype": "bfloat16"}})
+    metrics = run_torchrun(spec, nproc=torch.cuda.device_count(), timeout=600)
+    _check_saved(spec.output_dir, metrics, steps=2)
+    assert math.isfinite(metrics["last_rank_loss"])
+
+
 # ---------------------------------------------------------------- slow tier: the starcoder-15b preset, 2 CPU ranks
 
 def _preset_groups(n: int = 4) -> list:
