@@ -127,7 +127,7 @@ def test_odd_answers_never_break_the_server(one, answer):
     odd = Job(id="odd", code=f"def f():\n    return {answer}\ndef g():\n    raise ValueError({answer})\n",
               tests=["assert f() == 1", "assert g() == 1, f()"])
     v, *_ = after(one, odd)
-    assert v.status in ("failed", "runtime_error") and v.passed == 0, v
+    assert v.status in ("failed", "runtime_error", "timeout") and v.passed == 0, v    # megabytes under load
     json.dumps(v.__dict__).encode("utf-8")                          # encodable everywhere
     v.error.encode("utf-8"), v.stdout.encode("utf-8")
 
