@@ -18,7 +18,7 @@ All three are non-dumpable: no ptrace, no /proc/<pid>/mem or fd of each other.
 In the server, every function the candidate supplies is a proxy that calls C; values come back decoded
 into exact built-in types, so a forged __eq__, a patched builtin or assert, or an early exit in C cannot
 make an assert pass: asserts run in the server, which C cannot touch. After each job the server sends
-SIGKILL to every process but itself and PID 1 (`kill(-1)`), waits until they are gone, empties /tmp and
+SIGKILL to every process but itself and PID 1 (`kill(-1)`), waits until they have exited, empties /tmp and
 /dev/shm whatever their state, removes SysV IPC objects and checks its own limits before the next job.
 """
 import builtins
