@@ -63,7 +63,9 @@ def train_step(cfg: RunConfig, groups: list[RankedGroup], init: str, out_dir: Pa
     # TRL's configs extend TrainingArguments: args is shared, trl adds DPOConfig/SFTConfig fields.
     config = {**cfg.train.args, **cfg.train.trl}
     rank_method = cfg.method in ("rrtf", "rrhf")
-    options = {}
+    options = {"packing": cfg.train.layout} if rank_method else {}
+    if not rank_method and cfg.train.layout != "auto":
+        raise ValueError(f"train.layout={cfg.train.layout!r} applies to rrtf/rrhf only, not {cfg.method}")
     if cfg.train.model_init_kwargs:
         if rank_method:
             options["model_init_kwargs"] = cfg.train.model_init_kwargs
