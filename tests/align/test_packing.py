@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import itertools
 import os
 
 import pytest
@@ -204,12 +205,14 @@ def _bf16(arch, std=0.2):
 
 @pytest.mark.parametrize("arch", sorted(MODELS))
 def test_bf16_noise_is_not_a_mismatch(arch):
-    """bf16 rounding (here: logits perturbed at bf16's relative precision, differently for every layout
-    and chunk) must not push a bf16 model onto the naive layout; a broken layout must still be caught."""
+    """bf16 rounding (here: logits perturbed at bf16's relative precision, differently on every call)
+    must not push a bf16 model onto the naive layout; a broken layout must still be caught."""
     model = _bf16(arch)
 
+    calls = itertools.count()
+
     def rounding_noise(module, args, out):
-        g = torch.Generator().manual_seed(out.numel())
+        g = torch.Generator().manual_seed(next(calls))
         return out + (torch.randn(out.shape, generator=g) * out.float().abs() * 2 ** -7).to(out.dtype)
     handle = model.get_output_embeddings().register_forward_hook(rounding_noise)
     try:
@@ -354,3 +357,39 @@ def test_train_layout_reaches_the_trainer_from_the_config(monkeypatch, tmp_path)
     monkeypatch.setattr(distributed, "run_job", lambda spec: seen.append(spec) or {})
     rrtf.train_step(cfg, [], "init", tmp_path / "out")
     assert seen[0].options["packing"] == "packed"
+
+
+# ---------------------------------------------------------------- GPU tier (CPU coverage: everything above)
+
+def _gpu_attn(attn):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA; the CPU tests above cover the same layouts in fp32")
+    if attn == "flash_attention_2":
+        pytest.importorskip("flash_attn", reason="flash_attention_2 needs the flash-attn package")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("arch", sorted(MODELS))
+@pytest.mark.parametrize("attn", ["sdpa", "flash_attention_2"])
+@pytest.mark.parametrize("ckpt", [False, True], ids=["plain", "checkpointed"])
+def test_gpu_bf16_decision_and_equality(arch, attn, ckpt):
+    """bf16 on CUDA: the decision keeps a shared-prompt layout (prefix; packed refused up front under
+    flash_attention_2), and its loss and gradients match naive within bf16 rounding."""
+    _gpu_attn(attn)
+    model = _bf16(arch, std=0.02).cuda()
+    model.config._attn_implementation = attn
+    if ckpt:
+        checkpointed(model)
+    decision = decide(model)
+    assert decision.layout == "prefix", decision.describe()
+    if attn == "flash_attention_2":
+        assert "4D" in layout_choice.static_reason(model, "packed")
+    batch = {k: v.cuda() for k, v in ragged_batch().items()}
+    layouts = ["prefix"] + (["packed"] if attn in layout_choice.MASK_4D else [])
+    naive, g_naive = loss_and_grads(model, batch, "naive", "rrtf", "logits")
+    for layout in layouts:
+        out, grads = loss_and_grads(model, batch, layout, "rrtf", decision.head)
+        torch.testing.assert_close(out["loss"].float(), naive["loss"].float(), atol=2e-2, rtol=2e-2)
+        flat = torch.cat([grads[n].float().flatten() for n in g_naive])
+        ref = torch.cat([g_naive[n].float().flatten() for n in g_naive])
+        assert torch.nn.functional.cosine_similarity(flat, ref, dim=0) > 0.99, layout
