@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import types
-import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
+from rank import typed
 from rank.plugins import suggest
+from rank.records import write_atomic
 
 T = TypeVar("T")
 
@@ -64,60 +64,12 @@ def load_yaml(path: str | Path) -> tuple[dict, dict[str, int]]:
     return data, _lines(node) if node is not None else {}
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            if type(None) in typing.get_args(tp):
-                return None
-            raise ConfigError(f"{where}: may not be null")
-        last: Exception | None = None
-        for a in args:
-            try:
-                return _coerce(value, a, where)
-            except ConfigError as e:
-                last = e
-        raise last  # type: ignore[misc]
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return build(tp, value, where=where + ".")
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        (inner,) = typing.get_args(tp) or (Any,)
-        return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
-    if typing.get_origin(tp) is typing.Literal:
-        if value not in typing.get_args(tp):
-            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, typing.get_args(tp)))}")
-        return value
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(tp, type) and not isinstance(value, tp) or (tp in (int, float) and isinstance(value, bool)):
-        raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
-    return value
-
-
 def build(cls: type[T], data: dict, where: str = "") -> T:
-    """Build dataclass `cls` from a mapping; unknown keys are errors with a suggestion."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    for key in data:
-        if key not in fields:
-            raise ConfigError(f"{where}{key}: unknown key{suggest(str(key), fields)}; "
-                              f"known keys here: {', '.join(fields)}")
-    kwargs = {k: _coerce(v, hints[k], f"{where}{k}") for k, v in data.items()}
+    """Build dataclass `cls` from a mapping (rank.typed); unknown keys are errors with a suggestion."""
     try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{where.rstrip('.') or cls.__name__}: {e}") from None
+        return typed.build(cls, data, where=where)
+    except typed.FieldError as e:
+        raise ConfigError(str(e)) from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -133,12 +85,24 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_override(data: dict, path: list[str], value: Any) -> None:
-    node = data
-    for p in path[:-1]:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {'.'.join(path)}: {p} is not a mapping")
-    node[path[-1]] = value
+    """Set `value` at `path`; a number indexes a list (`models.teachers.0.sample.n=8`)."""
+    node: Any = data
+    for i, p in enumerate(path):
+        last = i == len(path) - 1
+        if isinstance(node, list):
+            if not p.isdigit() or int(p) >= len(node):
+                raise ConfigError(f"override {'.'.join(path)}: {p!r} is not an index of a list of {len(node)}")
+            if last:
+                node[int(p)] = value
+                return
+            node = node[int(p)]
+        elif isinstance(node, dict):
+            if last:
+                node[p] = value
+                return
+            node = node.setdefault(p, {})
+        else:
+            raise ConfigError(f"override {'.'.join(path)}: {path[i - 1]} is not a mapping")
 
 
 def merge(base: dict, top: dict) -> dict:
@@ -149,9 +113,10 @@ def merge(base: dict, top: dict) -> dict:
     return out
 
 
-def load(cls: type[T], files: list[str | Path], overrides: list[str] = ()) -> T:
-    """Load `cls` from YAML files (later ones win) then overrides; errors name file:line or the override."""
-    data: dict = {}
+def load(cls: type[T], files: list[str | Path], overrides: list[str] = (), base: dict | None = None) -> T:
+    """Load `cls` from `base`, then YAML files (later ones win), then overrides; errors name file:line or
+    the override."""
+    data: dict = dict(base or {})
     for f in expand_defaults(files):
         layer, lines = load_yaml(f)
         layer.pop("defaults", None)
@@ -192,7 +157,7 @@ def to_dict(cfg: Any) -> dict:
 
 
 def dump(cfg: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    write_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def check_keys(target: type, data: dict, where: str) -> None:

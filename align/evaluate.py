@@ -1,6 +1,6 @@
 """pass@k of a model on problems, with every program run in the sandbox.
 
-    python -m align.evaluate MODEL_PATH humaneval:../shared/data/humaneval/HumanEval.jsonl.gz --limit 20
+    python -m align.evaluate MODEL_PATH humaneval --template completion --limit 20
     python -m align.evaluate MODEL_PATH mbpp:../shared/data/mbpp/mbpp.jsonl --n 10 --temperature 0.8 --k 1 10
 
 pass@k is the unbiased estimator of Chen et al. (arXiv:2107.03374, §2.1): sample n >= k
@@ -15,9 +15,8 @@ import dataclasses
 import json
 from typing import Any, Sequence
 
-from align.prompting import format_prompt
-from rank.extract import extract_code
-from rank.records import Problem
+from align.templates import generate as generate_texts, get_template
+from rank.records import Problem, write_atomic
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -32,22 +31,17 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - prod
 
 
-def _job(job_id: str, code: str, problem: Problem) -> Any:
-    from rank.sandbox import Job
-
-    if problem.tests:
-        return Job(id=job_id, code=code, tests=list(problem.tests))
-    return Job(id=job_id, code=code, test=problem.test, entry_point=problem.entry_point)
-
-
 def evaluate(problems: Sequence[Problem], backend: Any, params: Any, sandbox_config: Any = None,
-             ks: Sequence[int] = (1,)) -> dict[str, Any]:
+             ks: Sequence[int] = (1,), template: Any = None) -> dict[str, Any]:
     """Sample `params.n` programs per problem with `backend`, run their tests, report pass@k for each k.
+
+    `template` (align.templates; default pangu) renders each prompt, sets the stop strings and
+    extracts the program, by the same rule as the loop's sampling.
 
     Returns {"pass@k": mean over problems, ..., "n_problems", "n_samples", "params",
     "per_problem": [{"id", "n", "c", "pass@k", "samples": [{"status", "passed", "total", "code", "error"}]}]}.
     """
-    from rank.sandbox import run_jobs
+    from rank.sandbox import job_for, run_jobs
 
     if not problems:
         raise ValueError("evaluate() got no problems")
@@ -59,12 +53,13 @@ def evaluate(problems: Sequence[Problem], backend: Any, params: Any, sandbox_con
     if params.n < ks[-1]:
         raise ValueError(f"pass@{ks[-1]} needs n >= {ks[-1]} samples per problem, got n={params.n}")
 
-    outs = backend.generate([format_prompt(p.prompt) for p in problems], params)
+    template = template or get_template("pangu")
+    outs = generate_texts(backend, template, list(problems), params)
     if len(outs) != len(problems) or any(len(o) != params.n for o in outs):
         raise RuntimeError(f"backend returned {[len(o) for o in outs]} completions for {len(problems)} "
                            f"problems x n={params.n}")
-    codes = [[extract_code(t, p.entry_point, prompt=p.prompt) for t in texts] for p, texts in zip(problems, outs)]
-    jobs = [_job(f"{i}:{j}", code, p) for i, p in enumerate(problems) for j, code in enumerate(codes[i])]
+    codes = [[template.extract(p, t) for t in texts] for p, texts in zip(problems, outs)]
+    jobs = [job_for(p, code, f"{i}:{j}") for i, p in enumerate(problems) for j, code in enumerate(codes[i])]
     verdicts = iter(run_jobs(jobs, sandbox_config))
 
     per_problem = []
@@ -84,13 +79,14 @@ def evaluate(problems: Sequence[Problem], backend: Any, params: Any, sandbox_con
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from align.generate import SamplingParams, load_backend
-    from evol.seeds import load_seeds
+    from evol.seeds import SOURCES, load_source
     from rank.sandbox import SandboxConfig
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", help="checkpoint path or hub id")
-    ap.add_argument("data", help="humaneval:PATH, mbpp:PATH[@split] or a Problem JSONL path")
+    ap.add_argument("data", help=SOURCES)
     ap.add_argument("--backend", default="hf")
+    ap.add_argument("--template", default="pangu", help="pangu | completion | alpaca | chat | package.module:name")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--n", type=int, default=1)
@@ -102,13 +98,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", default=None, help="write the full result JSON here")
     a = ap.parse_args(argv)
 
-    problems = load_seeds(a.data)[: a.limit]
+    problems = load_source(a.data, a.limit)
     backend = load_backend(a.backend, a.model, batch_size=a.batch_size)
     params = SamplingParams(n=a.n, temperature=a.temperature, max_new_tokens=a.max_new_tokens)
-    res = evaluate(problems, backend, params, SandboxConfig(workers=a.workers, unsafe=a.unsafe), ks=a.k)
+    res = evaluate(problems, backend, params, SandboxConfig(workers=a.workers, unsafe=a.unsafe), ks=a.k,
+                   template=get_template(a.template))
     if a.out:
-        with open(a.out, "w") as fh:
-            json.dump(res, fh, indent=1)
+        write_atomic(a.out, json.dumps(res, indent=1))
     print(json.dumps({k: v for k, v in res.items() if k != "per_problem"}))
     return res
 

@@ -1,11 +1,20 @@
-"""Ray fan-out for the embarrassingly parallel stages (DESIGN.md §5).
+"""Ray fan-out for the embarrassingly parallel stages (sampling, execution) with a failure policy.
 
-Locally this starts Ray on this machine (`ray.init()`); on a cluster pass `--ray-address auto`.
+    init_ray(address)                                          # local Ray, or "auto" on a cluster
+    actors = start_actors(Sampler, args, 2, backend_resources("vllm", {"tensor_parallel_size": 2}))
+    for i, rows in actor_map(actors, "sample", shards, Progress(len(problems), "sample")): ...
+    for i, rows in ray_map(fn, shards, num_cpus=2, progress=Progress(n, "execute")): ...
+
+Actors restart after their process dies (`max_restarts`) and Ray retries the call in flight on the
+restarted actor (`max_task_retries`); a shard whose actor is gone for good is re-run on another
+actor. Tasks are re-run when their worker dies (`max_retries`). Each shard is yielded exactly once.
 Nothing here assumes one machine: work is shipped as plain data to tasks and actors.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Iterator
+import time
+from collections import deque
+from typing import Any, Callable, Iterator
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -21,33 +30,94 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     ray.init(**kwargs)
 
 
+def gpus_available() -> bool:
+    """Whether the Ray cluster has any GPU (decides where an hf backend with device "auto" runs)."""
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+class Progress:
+    """Logs `label: done/total unit (rate/s, eta)` at most every `every_s` seconds and at the end."""
+
+    def __init__(self, total: int, label: str, unit: str = "items", log: Callable[[str], None] = print,
+                 every_s: float = 10.0):
+        self.total, self.label, self.unit, self.log, self.every_s = total, label, unit, log, every_s
+        self.done, self.t0, self.last = 0, time.monotonic(), 0.0
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last >= self.every_s or self.done >= self.total:
+            self.last = now
+            rate = self.done / max(now - self.t0, 1e-9)
+            eta = f", eta {(self.total - self.done) / rate:.0f}s" if 0 < rate and self.done < self.total else ""
+            self.log(f"{self.label}: {self.done}/{self.total} {self.unit} ({rate:.2f}/s{eta})")
+
+
+def start_actors(cls: type, args: tuple, count: int, resources: dict[str, float], *,
+                 max_restarts: int = 2, max_task_retries: int = 2) -> list:
+    """`count` Ray actors of `cls(*args)`, each asking for `resources` (num_cpus, num_gpus: Ray then
+    sets CUDA_VISIBLE_DEVICES for it) and restarted when its process dies."""
+    import ray
+
+    remote = ray.remote(cls).options(**resources, max_restarts=max_restarts, max_task_retries=max_task_retries)
+    return [remote.remote(*args) for _ in range(count)]
+
+
 def _apply(fn: Callable[[list], list], shard: list) -> list:
     return fn(shard)
 
 
-def ray_map(fn: Callable[[list], list], shards: list[list], num_cpus: float = 1) -> Iterator[tuple[int, list]]:
-    """Run `fn` on each shard as a Ray task; yield (index, result) as each one finishes."""
+def ray_map(fn: Callable[[list], list], shards: list[list], num_cpus: float = 1, *, max_retries: int = 3,
+            progress: Progress | None = None) -> Iterator[tuple[int, list]]:
+    """Run `fn` on each shard as a Ray task; yield (index, result) as each one finishes. A task whose
+    worker process died is re-run up to `max_retries` times (an exception raised by `fn` is not)."""
     import ray
 
-    remote = ray.remote(num_cpus=num_cpus)(_apply)   # fn may be a partial, which ray.remote refuses
+    remote = ray.remote(num_cpus=num_cpus, max_retries=max_retries)(_apply)   # fn may be a partial
     refs = {remote.remote(fn, s): i for i, s in enumerate(shards)}
     while refs:
         done, _ = ray.wait(list(refs), num_returns=1)
         for r in done:
-            yield refs.pop(r), ray.get(r)
+            i = refs.pop(r)
+            result = ray.get(r)
+            if progress:
+                progress.update(len(shards[i]))
+            yield i, result
 
 
-def actor_map(actors: list, method: str, shards: list[list]) -> Iterator[tuple[int, list]]:
-    """Round-robin shards over Ray actors calling `actor.<method>(shard)`; yield as finished."""
+def actor_map(actors: list, method: str, shards: list[list], progress: Progress | None = None, *,
+              max_attempts: int = 3) -> Iterator[tuple[int, list]]:
+    """Call `actor.<method>(shard)` with one shard in flight per actor; yield (index, result) as each
+    finishes. A shard whose actor died (after Ray's own restarts and retries) is re-run on another
+    live actor, at most `max_attempts` times in all; each index is yielded exactly once."""
     import ray
+    from ray.exceptions import RayActorError
 
-    refs = {getattr(actors[i % len(actors)], method).remote(s): i for i, s in enumerate(shards)}
-    while refs:
-        done, _ = ray.wait(list(refs), num_returns=1)
-        for r in done:
-            yield refs.pop(r), ray.get(r)
+    todo, idle, alive = deque(range(len(shards))), list(actors), list(actors)
+    attempts = [0] * len(shards)
+    inflight: dict[Any, tuple[int, Any]] = {}
+    while todo or inflight:
+        while todo and idle:
+            i, actor = todo.popleft(), idle.pop()
+            attempts[i] += 1
+            inflight[getattr(actor, method).remote(shards[i])] = (i, actor)
+        done, _ = ray.wait(list(inflight), num_returns=1)
+        for ref in done:
+            i, actor = inflight.pop(ref)
+            try:
+                result = ray.get(ref)
+            except RayActorError as e:   # the actor is gone: drop it, give its shard to another
+                if attempts[i] >= max_attempts:
+                    raise RuntimeError(f"shard {i} failed {attempts[i]} times: its actor died each time ({e})") from e
+                alive.remove(actor)
+                if not alive:
+                    raise RuntimeError(f"every actor died; {len(todo) + len(inflight) + 1} shards not done") from e
+                todo.appendleft(i)
+                continue
+            idle.append(actor)
+            if progress:
+                progress.update(len(shards[i]))
+            yield i, result
 
-
-def serial_map(fn: Callable[[list], list], shards: Iterable[list]) -> Iterator[tuple[int, list]]:
-    for i, s in enumerate(shards):
-        yield i, fn(s)

@@ -11,19 +11,18 @@ Tests: `.venv/bin/python -m pytest tests/align/test_models.py`.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rank.plugins import UnknownNameError, suggest
+from rank.plugins import UnknownNameError, resolve, suggest
 
 
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
-    hub_id: str | None            # None: a local model whose `path` is set at run time (tiny)
+    hub_id: str | None            # None: a model built locally by `build` (the tiny CPU models)
     architecture: str             # transformers config class name
     n_layer: int
     hidden_size: int
@@ -36,15 +35,14 @@ class ModelEntry:
     dtype: str                    # default torch dtype name
     tie_embeddings: bool = False
     extra: dict[str, Any] = field(default_factory=dict)   # further config kwargs that change the count
-    path: str | None = None       # local checkpoint directory, when there is one
+    # "package.module:function" building the checkpoint here: f(entry, options, log) -> local path.
+    build: str | None = None
 
     @property
     def source(self) -> str:
-        """What `from_pretrained` should load: the local path if set, else the hub id."""
-        if self.path:
-            return self.path
+        """What `from_pretrained` should load for a hub model (built models: `resolve_ref`)."""
         if self.hub_id is None:
-            raise ValueError(f"model {self.name!r} is local and has no path yet (build it with align.tiny)")
+            raise ValueError(f"model {self.name!r} is built locally: use align.models.resolve_ref")
         return self.hub_id
 
 
@@ -64,9 +62,10 @@ _KV_TO_CONFIG = {"GPTBigCodeConfig": lambda kv: {"multi_query": kv == 1}}
 REGISTRY: dict[str, ModelEntry] = {e.name: e for e in [
     # The embedded CPU default; numbers mirror align.tiny.TinyConfig() (n_inner = 4 * n_embd),
     # and the count is read from the checkpoint's own config.json once `path` is set.
-    ModelEntry("tiny", None, "GPTBigCodeConfig", n_layer=2, hidden_size=128, n_head=4, n_kv_head=1,
-               vocab_size=600, intermediate_size=512, context=256, fim=True, dtype="float32",
-               tie_embeddings=True, extra={"bos_token_id": None, "eos_token_id": None}),
+    *(ModelEntry(f"tiny:{role}", None, "GPTBigCodeConfig", n_layer=2, hidden_size=128, n_head=4, n_kv_head=1,
+                 vocab_size=600, intermediate_size=512, context=256, fim=True, dtype="float32",
+                 tie_embeddings=True, extra={"bos_token_id": None, "eos_token_id": None},
+                 build="align.models:build_tiny") for role in ("student", "teacher")),
     # StarCoder (arXiv:2305.06161): the base model of PanGu-Coder2 (arXiv:2307.14936).
     ModelEntry("starcoder-15b", "bigcode/starcoder", "GPTBigCodeConfig", n_layer=40, hidden_size=6144, n_head=48,
                n_kv_head=1, vocab_size=49152, intermediate_size=24576, context=8192, fim=True, dtype="bfloat16",
@@ -82,28 +81,72 @@ REGISTRY: dict[str, ModelEntry] = {e.name: e for e in [
                n_head=32, n_kv_head=32, vocab_size=50304, intermediate_size=6912, context=16384, fim=True,
                dtype="bfloat16", extra={"partial_rotary_factor": 0.25, "use_qkv_bias": False,
                                         "rope_theta": 1e6, "bos_token_id": 0, "eos_token_id": 0}),
+    # Teachers of the presets. WizardCoder (arXiv:2306.08568) is StarCoder-15B with one added pad token.
+    ModelEntry("wizardcoder-15b", "WizardLMTeam/WizardCoder-15B-V1.0", "GPTBigCodeConfig", n_layer=40,
+               hidden_size=6144, n_head=48, n_kv_head=1, vocab_size=49153, intermediate_size=24576, context=8192,
+               fim=False, dtype="float16", tie_embeddings=True, extra={"bos_token_id": 0, "eos_token_id": 0}),
+    ModelEntry("codellama-34b-instruct", "codellama/CodeLlama-34b-Instruct-hf", "LlamaConfig", n_layer=48,
+               hidden_size=8192, n_head=64, n_kv_head=8, vocab_size=32000, intermediate_size=22016,
+               context=16384, fim=False, dtype="bfloat16", extra={"rope_theta": 1e6}),
+    ModelEntry("stable-code-instruct-3b", "stabilityai/stable-code-instruct-3b", "StableLmConfig", n_layer=32,
+               hidden_size=2560, n_head=32, n_kv_head=32, vocab_size=50304, intermediate_size=6912,
+               context=16384, fim=False, dtype="bfloat16",
+               extra={"partial_rotary_factor": 0.25, "use_qkv_bias": False, "rope_theta": 1e6}),
 ]}
+_BY_HUB_ID = {e.hub_id: e for e in REGISTRY.values() if e.hub_id}
 
 
 def lookup(name: str) -> ModelEntry:
-    """The registry entry `name`; an unknown name raises UnknownNameError with the closest match."""
+    """The registry entry `name` (or the entry of hub id `name`); an unknown name raises
+    UnknownNameError with the closest match."""
     if name in REGISTRY:
         return REGISTRY[name]
+    if name in _BY_HUB_ID:
+        return _BY_HUB_ID[name]
     raise UnknownNameError(f"unknown model {name!r}{suggest(name, REGISTRY)}; "
                            f"registered: {', '.join(sorted(REGISTRY))}")
 
 
-def with_path(name: str, path: str | Path) -> ModelEntry:
-    """The entry with a local checkpoint directory filled in (align.tiny calls this after building)."""
-    return dataclasses.replace(lookup(name), path=str(path))
+def find(ref: str) -> ModelEntry | None:
+    """The entry for a registry name or a registered hub id; None for other hub ids and paths."""
+    return REGISTRY.get(ref) or _BY_HUB_ID.get(ref)
+
+
+def check_ref(ref: str) -> None:
+    """Refuse a reference that is no registry name, no existing path and no `org/name` hub id."""
+    if not ref:
+        raise UnknownNameError("model reference is empty: set ref (a registry name, hub id or path)")
+    if find(ref) or Path(ref).exists() or (ref.count("/") == 1 and all(ref.split("/"))
+                                           and not ref.startswith((".", "/"))):
+        return
+    raise UnknownNameError(f"unknown model {ref!r}{suggest(ref, REGISTRY)}: not a registry name "
+                           f"({', '.join(sorted(REGISTRY))}), an existing path, or a hub id org/name")
+
+
+def resolve_ref(ref: str, build_options: dict | None = None, log=print) -> str:
+    """What `from_pretrained` loads for `ref`: a built entry's local checkpoint (built once, cached),
+    a registered hub id, or `ref` itself (a path or another hub id)."""
+    entry = find(ref)
+    if entry is None:
+        return ref
+    if entry.build:
+        return str(resolve({}, entry.build, "model builder")(entry, build_options or {}, log))
+    return entry.source
+
+
+def build_tiny(entry: ModelEntry, options: dict, log=print) -> str:
+    """Builder of the tiny:student / tiny:teacher entries: align.tiny's cached CPU pretraining;
+    `options` are align.tiny.TinyConfig fields (the run config's `tiny` section)."""
+    from align.tiny import TinyConfig, build_tiny as build
+
+    models = build(TinyConfig(**options), log=log)
+    return str(models.student_path if entry.name == "tiny:student" else models.teacher_path)
 
 
 def build_config(entry: ModelEntry) -> Any:
-    """The transformers config: read from a local checkpoint when present, else from the numbers."""
+    """The transformers config from the registry's numbers (nothing downloaded)."""
     import transformers
 
-    if entry.path and (Path(entry.path) / "config.json").exists():
-        return transformers.AutoConfig.from_pretrained(entry.path)
     keys = _CONFIG_KEYS[entry.architecture]
     kwargs = {cfg_key: getattr(entry, ours) for ours, cfg_key in keys.items()}
     kwargs.update(_KV_TO_CONFIG.get(entry.architecture, lambda kv: {})(entry.n_kv_head))

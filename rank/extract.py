@@ -1,9 +1,11 @@
 """Extract the program from a model's raw response.
 
 Models answer with a fenced block, with bare code, or with code followed by chatter or by the
-next problem. We keep the first fenced block if there is one, then cut at the first top-level
-line that is not code (a new triple-quoted prompt, prose), and make sure the entry point is
-defined (completion-style answers that continue a signature get the prompt's code prepended).
+next problem. We keep the first fenced block that defines the entry point (an instruction model
+often shows a usage example first), else the first fenced block, else the text; then cut at the
+first top-level line that is not code (a new triple-quoted prompt, prose), and make sure the entry
+point is defined: an answer that continues the prompt (a function body) gets the prompt's code
+prepended. This is the one rule for sampling and eval (`align.templates.Template.extract`).
 """
 from __future__ import annotations
 
@@ -13,9 +15,21 @@ import re
 _FENCE = re.compile(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)(?:```|\Z)", re.S)
 
 
-def _first_fenced(text: str) -> str | None:
-    m = _FENCE.search(text)
-    return m.group(1) if m else None
+def _fenced(text: str, entry_point: str) -> str | None:
+    """The first fenced block defining `entry_point`, else the first fenced block, else None."""
+    blocks = [m.group(1) for m in _FENCE.finditer(text)]
+    return next((b for b in blocks if _defines(b, entry_point)), blocks[0] if blocks else None)
+
+
+def _prompt_code(prompt: str, entry_point: str) -> str:
+    """The code part of a prompt: all of it when it parses (HumanEval), else from the entry point's
+    `def` line on (an NL spec followed by a signature, as MBPP and the built-in tasks)."""
+    try:
+        ast.parse(prompt)
+        return prompt
+    except SyntaxError:
+        m = re.search(rf"^\s*(async\s+)?def\s+{re.escape(entry_point)}\s*\(", prompt, re.M)
+        return prompt[m.start():].lstrip("\n") if m else ""
 
 
 def _cut_trailing(text: str) -> str:
@@ -46,8 +60,9 @@ def extract_code(text: str, entry_point: str, prompt: str | None = None) -> str:
     `prompt` is the code the model continued (a HumanEval-style signature + docstring); when the
     response is only a body, the prompt is prepended so the program is whole.
     """
-    body = _first_fenced(text)
+    body = _fenced(text, entry_point)
     code = body if body is not None else text
     if prompt is not None and not _defines(code, entry_point) and _defines(prompt, entry_point):
-        code = prompt + code
+        head = _prompt_code(prompt, entry_point)
+        code = head + ("" if head.endswith("\n") or code.startswith("\n") else "\n") + code
     return _cut_trailing(code)

@@ -8,15 +8,19 @@ Only the standard library is used here: sandbox workers import this module.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import tempfile
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, TypeVar
+from typing import IO, Any, Iterable, Iterator, TypeVar
+
+from rank.typed import FieldError, build
+
+T = TypeVar("T")
 
 STATUSES = (
     "passed", "partial", "failed", "runtime_error", "compile_error",
@@ -96,6 +100,9 @@ class Verdict:
     duration_s: float = 0.0
     stdout: str = ""
     error: str = ""
+    # One entry per test run, in test order: "pass", "fail", "error", "timeout", "memory",
+    # "unsupported"; tests never reached are absent. Lets rankers compare which tests pass (CodeT).
+    outcomes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -108,6 +115,8 @@ class ScoredResponse:
     status: str
     passed: int = 0
     total: int = 0
+    duration_s: float = 0.0            # the verdict's wall time (runtime tie-breaks)
+    outcomes: list[str] = field(default_factory=list)   # the verdict's per-test outcomes
 
 
 @dataclass
@@ -118,94 +127,21 @@ class RankedGroup:
     responses: list[ScoredResponse]   # sorted best first
 
 
-# ---------------------------------------------------------------- validation
-
-def _check(value: Any, tp: Any, where: str) -> Any:
-    """Check `value` against annotation `tp`; convert nested dataclasses. Raises TypeError(where, msg)."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _check(value, a, where)
-            except _FieldError as e:
-                errors.append(e)
-        raise errors[0] if errors else _FieldError(where, f"unexpected null")
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise _FieldError(where, f"expected an object, got {type(value).__name__}")
-        return _from_dict(tp, value, prefix=where + ".")
-    if origin is list:
-        if not isinstance(value, list):
-            raise _FieldError(where, f"expected a list, got {type(value).__name__}")
-        (inner,) = typing.get_args(tp) or (Any,)
-        return [_check(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise _FieldError(where, f"expected an object, got {type(value).__name__}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise _FieldError(where, f"expected a number, got {type(value).__name__}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _FieldError(where, f"expected an integer, got {type(value).__name__}")
-        return value
-    if isinstance(tp, type):
-        if not isinstance(value, tp):
-            raise _FieldError(where, f"expected {tp.__name__}, got {type(value).__name__}")
-        return value
-    return value
-
-
-class _FieldError(Exception):
-    def __init__(self, field: str, message: str):
-        super().__init__(message)
-        self.field, self.message = field, message
-
-
-T = TypeVar("T")
-
-
-def _from_dict(cls: type[T], row: dict, prefix: str = "") -> T:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(row) - names)
-    if unknown:
-        raise _FieldError(prefix + unknown[0], f"unknown field for {cls.__name__} "
-                          f"(known: {', '.join(sorted(names))})")
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        where = prefix + f.name
-        if f.name not in row:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise _FieldError(where, f"missing (required by {cls.__name__})")
-            continue
-        kwargs[f.name] = _check(row[f.name], hints[f.name], where)
-    return cls(**kwargs)
-
+# ---------------------------------------------------------------- validation (rank.typed + these rules)
 
 def _validate_semantics(obj: Any) -> None:
     if isinstance(obj, Verdict):
         if obj.status not in STATUSES:
-            raise _FieldError("status", f"{obj.status!r} is not one of {', '.join(STATUSES)}")
+            raise FieldError("status", f"{obj.status!r} is not one of {', '.join(STATUSES)}")
         if not 0 <= obj.passed <= obj.total:
-            raise _FieldError("passed", f"must be within 0..total ({obj.total}), got {obj.passed}")
+            raise FieldError("passed", f"must be within 0..total ({obj.total}), got {obj.passed}")
     if isinstance(obj, Candidate) and obj.role not in ROLES:
-        raise _FieldError("role", f"{obj.role!r} is not one of {', '.join(ROLES)}")
+        raise FieldError("role", f"{obj.role!r} is not one of {', '.join(ROLES)}")
     if isinstance(obj, Problem):
         if not obj.tests and not obj.test:
-            raise _FieldError("tests", "a problem needs 'tests' (snippets) or 'test' (a check function)")
+            raise FieldError("tests", "a problem needs 'tests' (snippets) or 'test' (a check function)")
         if not obj.entry_point.isidentifier():
-            raise _FieldError("entry_point", f"{obj.entry_point!r} is not a Python identifier")
+            raise FieldError("entry_point", f"{obj.entry_point!r} is not a Python identifier")
 
 
 def from_dict(cls: type[T], row: Any, *, file: str | None = None, line: int | None = None) -> T:
@@ -213,10 +149,10 @@ def from_dict(cls: type[T], row: Any, *, file: str | None = None, line: int | No
     if not isinstance(row, dict):
         raise RecordError(f"expected a JSON object, got {type(row).__name__}", file=file, line=line)
     try:
-        obj = _from_dict(cls, row)
+        obj = build(cls, row)
         _validate_semantics(obj)
         return obj
-    except _FieldError as e:
+    except FieldError as e:
         raise RecordError(e.message, file=file, line=line, field=e.field) from None
 
 
@@ -249,38 +185,64 @@ def read_jsonl(path: str | os.PathLike, cls: type[T] | None = None) -> list[T]:
     return list(iter_jsonl(path, cls))
 
 
-def write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> int:
-    """Write rows (records or dicts) atomically: a temp file in the same folder, then rename."""
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, binary: bool = False) -> Iterator[IO]:
+    """Open a temp file beside `path` for writing; on success fsync it and rename it onto `path`.
+
+    A reader (or a rerun after `kill -9`) sees the old file or the new one, never half of one:
+    the temp file is in the same folder, so `os.replace` is an atomic rename on one filesystem.
+    On an exception the temp file is removed and `path` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    n = 0
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for r in rows:
-                d = r if isinstance(r, dict) else dataclasses.asdict(r)
-                fh.write(json.dumps(d, ensure_ascii=False) + "\n")
-                n += 1
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8")) as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+    """Write `data` (text as UTF-8, or bytes) to `path` atomically: the one writer for artifacts."""
+    with atomic_file(path, binary=isinstance(data, bytes)) as fh:
+        fh.write(data)
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> int:
+    """Write rows (records or dicts) atomically, streaming (see `atomic_file`); returns the row count."""
+    n = 0
+    with atomic_file(path) as fh:
+        for r in rows:
+            fh.write(json.dumps(r if isinstance(r, dict) else dataclasses.asdict(r), ensure_ascii=False) + "\n")
+            n += 1
     return n
 
 
-def append_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> None:
-    """Append whole lines and flush: used by resumable writers (a crash loses at most a partial last line,
-    which readers of resumable outputs skip with `iter_jsonl_resumable`)."""
+def append_jsonl(path: str | os.PathLike, rows: Iterable[Any], *, fsync: bool = True) -> int:
+    """Append rows as whole lines and flush (and fsync): the writer of resumable outputs, which a rerun
+    extends (`python -m rank.execute`, `python -m align.generate`). A kill loses at most the lines being
+    written; `cut_torn_tail` removes a partial last line before the rerun appends. ASCII JSON, so any
+    str (a lone surrogate in a program's output included) can be written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(r if isinstance(r, dict) else dataclasses.asdict(r)) + "\n" for r in rows)
     with open(path, "a", encoding="utf-8") as fh:
-        for r in rows:
-            d = r if isinstance(r, dict) else dataclasses.asdict(r)
-            fh.write(json.dumps(d, ensure_ascii=False) + "\n")
+        fh.write(text)
         fh.flush()
-        os.fsync(fh.fileno())
+        if fsync:
+            os.fsync(fh.fileno())
+    return text.count("\n")
+
+
+def cut_torn_tail(path: str | os.PathLike) -> None:
+    """Cut a partial last line (left by a killed `append_jsonl`) off `path`, so appends stay line-aligned."""
+    with open(path, "rb+") as fh:
+        data = fh.read()
+        keep = data.rfind(b"\n") + 1
+        if keep < len(data):
+            fh.truncate(keep)

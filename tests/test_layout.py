@@ -1,5 +1,6 @@
 """The dependency direction of DESIGN.md §2: align -> evol -> rank; rank is standard library only."""
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -65,3 +66,29 @@ def test_importing_config_and_recipe_cli_is_light():
     code = "import sys, align.config, align.recipes.cli, align.pipeline_config; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "False"
+
+
+# Package code writes files through rank.records (write_atomic / write_jsonl / atomic_file), so a killed
+# run never leaves half an artifact. These calls write in place; each allowed use says why.
+_IN_PLACE_WRITES = (".write_text(", ".write_bytes(", "os.replace(", "os.rename(", "json.dump(", "mkstemp(")
+_ALLOWED_WRITES = {
+    "rank/records.py": "the one atomic writer",
+    "align/tiny.py": "renames a whole finished build directory into the cache (os.replace of a directory)",
+    "rank/sandbox/server.py": "writes no artifact: moves a candidate's nested directories up while emptying /tmp",
+}
+
+
+def test_one_atomic_writer():
+    offenders = []
+    for pkg in ("align", "evol", "rank"):
+        for f in (ROOT / pkg).rglob("*.py"):
+            rel = f.relative_to(ROOT).as_posix()
+            if rel in _ALLOWED_WRITES:
+                continue
+            for n, line in enumerate(f.read_text().splitlines(), 1):
+                code = line.split("#", 1)[0]
+                if "/proc/" in code:          # kernel interfaces (the sandbox's uid_map), not artifacts
+                    continue
+                if any(w in code for w in _IN_PLACE_WRITES) or re.search(r"open\([^)]*['\"][wax]b?['\"]", code):
+                    offenders.append(f"{rel}:{n}: {line.strip()}")
+    assert not offenders, "write artifacts with rank.records.write_atomic / write_jsonl:\n" + "\n".join(offenders)

@@ -7,13 +7,15 @@ from pathlib import Path
 
 from align.config import ConfigError, load
 from align.pipeline_config import RunConfig
-from rank.plugins import suggest
+from rank.plugins import resolve, suggest
 
 RECIPES = Path(os.environ.get("RRTF_RECIPES", Path(__file__).resolve().parents[2] / "recipes"))
 
 
 def bases() -> list[str]:
-    return sorted(p.name for p in RECIPES.iterdir() if p.is_dir()) if RECIPES.is_dir() else []
+    # recipes/_shared holds layers the presets include (`defaults:`), not a base.
+    return sorted(p.name for p in RECIPES.iterdir() if p.is_dir() and not p.name.startswith("_")) \
+        if RECIPES.is_dir() else []
 
 
 def preset_path(base: str, method: str) -> Path:
@@ -48,29 +50,68 @@ def load_config(method: str, args: argparse.Namespace) -> RunConfig:
     if args.ray_address:
         overrides.append(f"ray_address={args.ray_address}")
     cfg = load(RunConfig, files, overrides)
+    check_names(cfg)
     check_passthrough(cfg)
     return cfg
+
+
+def check_names(cfg: RunConfig) -> None:
+    """Resolve every table name and `package.module:name` plugin now, so a typo fails at load,
+    not after sampling: models, backends (and their options), templates, ranking strategy,
+    evolution operators. Raises ConfigError naming the field."""
+    from align import generate
+    from align.models import check_ref
+    from align.templates import get_template
+    from evol.evolve import resolve_operator
+    from rank.plugins import UnknownNameError
+    from rank.strategies import get_strategy
+
+    checks = []
+    for where, spec in [("models.student", cfg.models.student),
+                        *((f"models.teachers[{i}]", t) for i, t in enumerate(cfg.models.teachers))]:
+        checks.append((f"{where}.template", get_template, spec.template))
+        if spec.backend != "openai":   # an API's model name is the server's to check, not ours
+            checks.append((f"{where}.ref", check_ref, spec.ref))
+        if hasattr(generate, "check_backend"):      # validates names and options without importing them
+            checks.append((f"{where}.backend", lambda s: generate.check_backend(s.backend, s.options), spec))
+        else:
+            checks.append((f"{where}.backend", lambda name: resolve(generate.BACKENDS, name, "generation backend"),
+                           spec.backend))
+    from align.datagen import evolve_spec
+    from evol.llm_evolve import FRAMINGS
+
+    if cfg.evolve.framing not in FRAMINGS:
+        raise ConfigError(f"evolve.framing: unknown framing {cfg.evolve.framing!r}"
+                          f"{suggest(cfg.evolve.framing, FRAMINGS)}; known: {', '.join(FRAMINGS)}")
+    try:
+        evolver = evolve_spec(cfg)      # evolve.model names one of the run's entries, or is one of its own
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if evolver is not None and evolver is cfg.evolve.model:
+        checks += [("evolve.model.ref", check_ref, evolver.ref),
+                   ("evolve.model.template", get_template, evolver.template),
+                   ("evolve.model.backend", lambda s: generate.check_backend(s.backend, s.options), evolver)]
+    checks.append(("rank.strategy", get_strategy, cfg.rank.strategy))
+    checks += [("evolve.operators", resolve_operator, op) for op in cfg.evolve.operators or []]
+    for where, fn, arg in checks:
+        try:
+            fn(arg)
+        except (UnknownNameError, ValueError, TypeError) as e:
+            raise ConfigError(f"{where}: {e}") from None
 
 
 def check_passthrough(cfg: RunConfig) -> None:
     """Check mappings handed to other libraries' dataclasses before anything loads."""
     from align.config import check_keys
+    from rank.strategies import get_strategy
 
+    for name in [cfg.rank.strategy, *cfg.rank.strategies]:
+        get_strategy(name)
     if cfg.tiny:
         from align.tiny import TinyConfig
         check_keys(TinyConfig, cfg.tiny, "tiny")
-    if cfg.train.loss_args:
-        from align.train.losses import RankLossConfig
-        check_keys(RankLossConfig, cfg.train.loss_args, "train.loss_args")
-    if cfg.train.args:
-        from transformers import TrainingArguments
-        check_keys(TrainingArguments, cfg.train.args, "train.args")
-    if cfg.train.trl:
-        trl_config = {"dpo": "DPOConfig", "sft": "SFTConfig"}.get(cfg.method)
-        if trl_config is None:
-            raise ConfigError(f"train.trl: only the dpo and sft methods use TRL's configs, not {cfg.method!r}")
-        import trl
-        check_keys(getattr(trl, trl_config), cfg.train.trl, "train.trl")
-    if cfg.train.lora:
-        from peft import LoraConfig
-        check_keys(LoraConfig, cfg.train.lora, "train.lora")
+    from align.train.config import check_train
+    try:
+        check_train(cfg.train, cfg.method)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None

@@ -13,6 +13,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+from rank.records import write_jsonl
+
+LOG_HISTORY = "log_history.jsonl"   # one JSON object per Trainer.log call, beside the saved model
+
 
 def last_checkpoint(output_dir: str | Path, requested: str | bool | None = None) -> str | None:
     """`requested` (TrainingArguments.resume_from_checkpoint) if set, else the newest checkpoint-N in output_dir."""
@@ -32,10 +36,39 @@ def lora_config(lora: dict | None):
     return LoraConfig(**{"task_type": "CAUSAL_LM", **lora})
 
 
+def peft_model(model, lora: dict, args):
+    """`peft.get_peft_model` with the two workarounds TRL's trainers apply for PEFT under DeepSpeed ZeRO-3.
+
+    1. The adapter keeps the base model's dtype (`autocast_adapter_dtype=False`): PEFT would upcast it to
+       fp32 under a bf16 base, and ZeRO-3 gathers persistent parameters into one buffer of the first one's
+       dtype, so mixed dtypes fail on the first optimizer step (TRL issue 6089, DeepSpeed issue 8072).
+    2. Gradient checkpointing is reentrant (`args.gradient_checkpointing_kwargs["use_reentrant"] = True`):
+       PEFT + ZeRO-3 train wrongly otherwise (TRL issue 2514). With checkpointing, PEFT also needs
+       `enable_input_require_grads()`, or no gradient reaches the adapters of a frozen embedding.
+    `args` (TrainingArguments) is edited in place; create it before this call, so ZeRO-3 is known.
+    """
+    import logging
+
+    from peft import get_peft_model
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    zero3 = is_deepspeed_zero3_enabled()
+    model = get_peft_model(model, lora_config(lora), **({"autocast_adapter_dtype": False} if zero3 else {}))
+    if args.gradient_checkpointing:
+        if zero3:
+            kwargs = dict(args.gradient_checkpointing_kwargs or {})
+            if kwargs.get("use_reentrant") is False:
+                logging.getLogger(__name__).warning("LoRA under ZeRO-3: use_reentrant=False overridden to True")
+            args.gradient_checkpointing_kwargs = {**kwargs, "use_reentrant": True}
+        model.enable_input_require_grads()
+    return model
+
+
 def fit(trainer, output_dir: str | Path, tokenizer, merge_lora: bool) -> dict[str, Any]:
     """Train (resuming from the newest checkpoint in output_dir), save model + tokenizer, return metrics.
 
-    Metrics: the Trainer's, global_step, resumed_from (None for a fresh start) and last_loss.
+    Metrics: the Trainer's, global_step, resumed_from (None for a fresh start) and last_loss; the whole
+    `trainer.state.log_history` goes to output_dir/log_history.jsonl.
     """
     output_dir = Path(output_dir)
     resume = last_checkpoint(output_dir, trainer.args.resume_from_checkpoint)
@@ -46,6 +79,8 @@ def fit(trainer, output_dir: str | Path, tokenizer, merge_lora: bool) -> dict[st
     trainer.save_model(str(output_dir / "adapter") if lora else str(output_dir))
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(output_dir))
+        # Every logged step (loss, and the ranking trainer's rank_loss/ft_loss): align.report draws the curves.
+        write_jsonl(output_dir / LOG_HISTORY, trainer.state.log_history)
         if lora:
             merge_adapter(output_dir)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]

@@ -16,6 +16,7 @@ Use: `build_rows("dpo", groups, pairing="all_pairs")`. Test: `pytest tests/align
 """
 from __future__ import annotations
 
+import inspect
 from itertools import combinations
 from typing import Callable, Iterable
 
@@ -80,8 +81,11 @@ DPO_PAIRINGS: dict[str, Pairing] = {
 
 
 def dpo_rows(groups: Iterable[RankedGroup], pairing: str = "best_vs_worst", min_gap: float = 0.0) -> list[dict]:
-    """(chosen, rejected) pairs from `DPO_PAIRINGS[pairing]` whose score gap is > `min_gap`."""
+    """(chosen, rejected) pairs from `DPO_PAIRINGS[pairing]` whose score gap is > `min_gap` (>= 0: a
+    negative gap would let ties and reversed pairs in)."""
     from rank.plugins import resolve
+    if min_gap < 0:
+        raise ValueError(f"min_gap must be >= 0 (a negative gap pairs ties and reversed pairs), got {min_gap}")
     pair_fn = resolve(DPO_PAIRINGS, pairing, "DPO pairing")
     rows = []
     for g in groups:
@@ -117,3 +121,20 @@ def build_rows(name: str, groups: Iterable[RankedGroup], **options) -> list[dict
     """Rows for training method `name` (a key of BUILDERS or "package.module:function")."""
     from rank.plugins import resolve
     return resolve(BUILDERS, name, "training-set builder")(list(groups), **options)
+
+
+def check_builder_args(name: str, options: dict) -> None:
+    """At config load: the builder exists, takes these options, and accepts their values (it runs on no
+    groups, so each builder's own checks, such as dpo's min_gap >= 0, are the only ones)."""
+    from rank.plugins import resolve
+    fn = resolve(BUILDERS, name, "training-set builder")
+    params = list(inspect.signature(fn).parameters)[1:]
+    unknown = [k for k in options if k not in params]
+    if unknown:
+        from rank.plugins import suggest
+        raise ValueError(f"train.dataset_args: {name} takes no option {unknown[0]!r}{suggest(unknown[0], params)}; "
+                         f"its options: {', '.join(params)}")
+    try:
+        fn([], **options)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"train.dataset_args: {err}") from None

@@ -35,35 +35,12 @@ Test: `pytest tests/align/test_losses.py`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-RANK_REDUCTIONS = ("pair", "prompt", "sum")
-FT_REDUCTIONS = ("token", "response")
-
-
-@dataclass
-class RankLossConfig:
-    """What the ranking trainer minimises: `loss = rank_weight * rank_loss + ft_weight * ft_loss`."""
-
-    loss: str = "rrtf"                 # a key of LOSSES (or "package.module:function")
-    rank_weight: float = 1.0
-    ft_weight: float = 1.0
-    tie_margin: float = 0.5            # RRTF gap given to a teacher/student tie (see module docstring)
-    length_norm: bool = True           # p = sum log P / |y| (True, both papers) or the plain sum
-    rank_reduction: str = "pair"       # "pair" | "prompt" | "sum"
-    ft_reduction: str = "token"        # "token" | "response"
-    ft_min_score: float | None = None  # fine-tune only on targets scoring >= this (None: always, as the papers)
-
-    def __post_init__(self):
-        if self.rank_reduction not in RANK_REDUCTIONS:
-            raise ValueError(f"rank_reduction={self.rank_reduction!r}: expected one of {RANK_REDUCTIONS}")
-        if self.ft_reduction not in FT_REDUCTIONS:
-            raise ValueError(f"ft_reduction={self.ft_reduction!r}: expected one of {FT_REDUCTIONS}")
-        if self.tie_margin < 0:
-            raise ValueError(f"tie_margin must be >= 0, got {self.tie_margin}")
+# Typed in a module without torch, so a config is validated without importing it.
+from align.train.config import FT_REDUCTIONS, RANK_REDUCTIONS, RankLossConfig  # noqa: F401
 
 
 def sequence_scores(logp_sum: torch.Tensor, lengths: torch.Tensor, length_norm: bool = True) -> torch.Tensor:
@@ -74,8 +51,11 @@ def sequence_scores(logp_sum: torch.Tensor, lengths: torch.Tensor, length_norm: 
 
 
 def reduce_rank(pair_loss: torch.Tensor, pair_mask: torch.Tensor, reduction: str) -> torch.Tensor:
-    """pair_loss, pair_mask [B, K, K] (i better than j) -> scalar, per `reduction` (module docstring)."""
-    pair_loss = pair_loss * pair_mask
+    """pair_loss, pair_mask [B, K, K] (i better than j) -> scalar, per `reduction` (module docstring).
+
+    Masked by selection, not multiplication: a NaN or inf in an empty slot (0 * inf = NaN) stays out.
+    """
+    pair_loss = torch.where(pair_mask, pair_loss, torch.zeros_like(pair_loss))
     if reduction == "sum":
         return pair_loss.sum()
     if reduction == "pair":
@@ -89,7 +69,7 @@ def fine_tune_loss(logp_sum: torch.Tensor, lengths: torch.Tensor, target: torch.
                    reduction: str = "token") -> torch.Tensor:
     """Cross-entropy on the target responses. target [B, K] bool; scalar result (0 if no target)."""
     target = target & (lengths > 0)
-    nll = -logp_sum * target
+    nll = torch.where(target, -logp_sum, torch.zeros_like(logp_sum))   # select: see reduce_rank
     if reduction == "token":
         return nll.sum() / (lengths * target).sum().clamp(min=1)
     per_response = nll / lengths.clamp(min=1)

@@ -25,23 +25,16 @@ from typing import Any
 import torch
 from transformers import Trainer
 
-from align.prompting import EOS, format_prompt
-from align.train.checkpoints import fit, lora_config
+from align.prompting import format_prompt
+from align.tokenization import completion_ids, eos_id, prompt_ids
+from align.train.checkpoints import fit, peft_model
+from align.train.config import DEFAULT_RANK_MAX_LENGTH, rank_loss_config
 from align.train.losses import RankLossConfig, get_loss
 from align.train.layout_choice import Decision, decide
 from align.train.packing import checkpointing, response_logps
 from align.train.trl_train import cpu_safe_defaults
 
 log = logging.getLogger(__name__)
-
-
-def _eos_id(tokenizer) -> int:
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        eos = tokenizer.convert_tokens_to_ids(EOS)
-    if eos is None or eos == getattr(tokenizer, "unk_token_id", object()):
-        raise ValueError(f"tokenizer has no EOS token (expected {EOS!r} or eos_token)")
-    return eos
 
 
 def truncate(prompt: list[int], responses: list[list[int]], max_length: int) -> tuple[list[int], list[list[int]]]:
@@ -63,26 +56,45 @@ class RankCollator:
     """Tokenise rank rows into padded tensors: prompt_ids [B, P], prompt_lens [B], response_ids [B, K, R],
     response_lens [B, K] (0 = empty slot, groups are ragged), scores [B, K], teacher [B, K]."""
 
-    def __init__(self, tokenizer, max_length: int = 1024):
+    def __init__(self, tokenizer, max_length: int = DEFAULT_RANK_MAX_LENGTH):
         self.tokenizer, self.max_length = tokenizer, max_length
-        self.eos_id = _eos_id(tokenizer)
+        self.eos_id = eos_id(tokenizer)
         pad = tokenizer.pad_token_id
         self.pad_id = self.eos_id if pad is None else pad
 
-    def _ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    def encode(self, row: dict) -> tuple[list[int], list[list[int]], list[float], list[bool]]:
+    def tokens(self, row: dict) -> tuple[list[int], list[list[int]]]:
+        """The row's prompt and responses as token ids, untruncated (align.tokenization's rule: the
+        prompt with the model's BOS if it has one, each response ending in EOS)."""
         responses, scores = row.get("responses"), row.get("scores")
         if not isinstance(row.get("prompt"), str) or not responses or len(scores or []) != len(responses):
             raise ValueError(f"rank row needs 'prompt', non-empty 'responses' and as many 'scores'; got keys {sorted(row)}")
-        roles = row.get("roles") or ["student"] * len(responses)
-        if len(roles) != len(responses) or not set(roles) <= {"teacher", "student"}:
+        prompt = prompt_ids(self.tokenizer, format_prompt(row["prompt"]))
+        return prompt, [completion_ids(self.tokenizer, code.strip("\n") + "\n") for code in responses]
+
+    def encode(self, row: dict) -> tuple[list[int], list[list[int]], list[float], list[bool]]:
+        prompt, resp = self.tokens(row)
+        roles = row.get("roles") or ["student"] * len(resp)
+        if len(roles) != len(resp) or not set(roles) <= {"teacher", "student"}:
             raise ValueError(f"rank row: roles must be 'teacher'/'student', one per response; got {roles}")
-        prompt = self._ids(format_prompt(row["prompt"]))
-        resp = [self._ids(code.strip("\n") + "\n") + [self.eos_id] for code in responses]
         prompt, resp = truncate(prompt, resp, self.max_length)
-        return prompt, resp, [float(s) for s in scores], [r == "teacher" for r in roles]
+        return prompt, resp, [float(s) for s in row["scores"]], [r == "teacher" for r in roles]
+
+    def truncation_stats(self, rows: list[dict]) -> dict[str, int]:
+        """What `max_length` cuts in `rows`: sequences (prompt + one response), how many of them are longer
+        than max_length, how many prompts lose their start, responses lose their end (EOS included),
+        and the longest untruncated sequence. Goes into the train stage's stats."""
+        stats = {"max_length": self.max_length, "sequences": 0, "over_max_length": 0, "prompts_cut": 0,
+                 "responses_cut": 0, "longest": 0}
+        for row in rows:
+            prompt, resp = self.tokens(row)
+            cut_prompt, cut_resp = truncate(prompt, resp, self.max_length)
+            lengths = [len(prompt) + len(r) for r in resp]
+            stats["sequences"] += len(resp)
+            stats["over_max_length"] += sum(n > self.max_length for n in lengths)
+            stats["prompts_cut"] += len(cut_prompt) < len(prompt)
+            stats["responses_cut"] += sum(len(a) < len(b) for a, b in zip(cut_resp, resp))
+            stats["longest"] = max(stats["longest"], *lengths)
+        return stats
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         enc = [self.encode(r) for r in rows]
@@ -106,7 +118,7 @@ class RankCollator:
         return out
 
 
-def rank_collator(tokenizer, max_length: int = 1024) -> RankCollator:
+def rank_collator(tokenizer, max_length: int = DEFAULT_RANK_MAX_LENGTH) -> RankCollator:
     return RankCollator(tokenizer, max_length)
 
 
@@ -120,7 +132,7 @@ class RankTrainer(Trainer):
 
     def __init__(self, model=None, args=None, data_collator=None, train_dataset=None, eval_dataset=None,
                  processing_class=None, *, loss_config: RankLossConfig | dict | None = None,
-                 packing: str = "auto", max_length: int = 1024, **kwargs):
+                 packing: str = "auto", max_length: int = DEFAULT_RANK_MAX_LENGTH, **kwargs):
         if args is not None and args.remove_unused_columns:
             # The default would strip the rows' text columns (the model's forward takes none of them).
             args.remove_unused_columns = False
@@ -131,7 +143,7 @@ class RankTrainer(Trainer):
         super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
         if isinstance(loss_config, dict):
-            loss_config = RankLossConfig(**loss_config)
+            loss_config = rank_loss_config(loss_config.get("loss", "rrtf"), loss_config)
         self.loss_config = loss_config or RankLossConfig()
         self.loss_fn = get_loss(self.loss_config.loss)
         self.packing = packing
@@ -196,13 +208,13 @@ class RankTrainer(Trainer):
 
 def train_rank(model_path: str, rows: list[dict], output_dir: str, loss_config: RankLossConfig | dict | None,
                training_args: dict, tokenizer_path: str | None = None, packing: str = "auto",
-               max_length: int = 1024, lora: dict | None = None,
+               max_length: int = DEFAULT_RANK_MAX_LENGTH, lora: dict | None = None,
                model_init_kwargs: dict | None = None) -> dict[str, Any]:
     """Train a causal LM on rank rows, save model + tokenizer to `output_dir`, return the metrics.
 
     A rerun resumes from the newest checkpoint-N in output_dir (metrics: resumed_from, global_step).
     `lora` (peft.LoraConfig fields) trains an adapter only; output_dir then gets the merged full model and
-    output_dir/adapter the adapter. `model_init_kwargs` go to `from_pretrained` (e.g. dtype,
+    output_dir/adapter the adapter, with TRL's ZeRO-3 workarounds (checkpoints.peft_model). `model_init_kwargs` go to `from_pretrained` (e.g. dtype,
     attn_implementation: "sdpa" or "flash_attention_2" where the device supports it), as TRL's configs do.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
@@ -218,9 +230,7 @@ def train_rank(model_path: str, rows: list[dict], output_dir: str, loss_config: 
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(model_path, **(model_init_kwargs or {}))
     if lora is not None:
-        from peft import get_peft_model
-
-        model = get_peft_model(model, lora_config(lora))
+        model = peft_model(model, lora, args)
     trainer = RankTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer,
                           loss_config=loss_config, packing=packing, max_length=max_length)
     metrics = fit(trainer, output_dir, tokenizer, merge_lora=lora is not None)
@@ -229,4 +239,6 @@ def train_rank(model_path: str, rows: list[dict], output_dir: str, loss_config: 
         metrics.update({f"last_{k}": last[-1][k] for k in ("loss", "rank_loss", "ft_loss", "pairs") if k in last[-1]})
     metrics["layout"] = trainer.layout
     metrics["layout_decision"] = trainer.decision.describe() if trainer.decision else None
+    if trainer.is_world_process_zero():
+        metrics.update({f"truncation_{k}": v for k, v in trainer.data_collator.truncation_stats(rows).items()})
     return metrics

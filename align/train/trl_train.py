@@ -14,9 +14,13 @@ the same functions run on every rank (see align/train/distributed.py).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from align.tokenization import completion_ids, prompt_ids
 from align.train.checkpoints import fit, lora_config
 from rank.plugins import suggest
 
@@ -79,6 +83,42 @@ def _dataset(rows: Iterable[dict], fields: tuple[str, ...], eos: str, completion
     return Dataset.from_list(clean)
 
 
+def _on_disk(data, output_dir: str | Path, args):
+    """`data` saved under output_dir/datasets/<content hash> and loaded back from there.
+
+    TRL's `precompute_ref_log_probs` caches the reference log-probs in a file next to the dataset's own
+    files: for an in-memory dataset that is a random per-process temporary directory, so rank 0 writes
+    it where no other rank looks (they fail reading it). On disk in output_dir, every rank (every node, on
+    shared storage) reads the one file rank 0 wrote. The first process writes; the others wait for it.
+    """
+    from datasets import load_from_disk
+
+    digest = hashlib.sha256(json.dumps(data.to_list(), sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(output_dir) / "datasets" / digest
+    with args.main_process_first(desc="training rows on disk", local=False):
+        if not path.is_dir():
+            tmp = path.with_name(f".{digest}.{os.getpid()}")
+            data.save_to_disk(str(tmp))
+            tmp.replace(path)   # atomic: a half-written dataset is never loaded
+        return load_from_disk(str(path))
+
+
+def length_stats(tokenizer, rows: list[dict], completions: tuple[str, ...], max_length: int | None) -> dict:
+    """How many (prompt, completion) sequences exceed `max_length` (TRL truncates them), by
+    align.tokenization's rule; goes into the train stage's stats."""
+    stats = {"max_length": max_length, "sequences": 0, "over_max_length": 0, "prompts_over_max_length": 0,
+             "longest": 0}
+    for row in rows:
+        n_prompt = len(prompt_ids(tokenizer, row["prompt"]))
+        stats["prompts_over_max_length"] += max_length is not None and n_prompt >= max_length
+        for key in completions:
+            n = n_prompt + len(completion_ids(tokenizer, row[key]))
+            stats["sequences"] += 1
+            stats["over_max_length"] += max_length is not None and n > max_length
+            stats["longest"] = max(stats["longest"], n)
+    return stats
+
+
 def _tokenizer(path: str | Path):
     from transformers import AutoTokenizer
 
@@ -103,6 +143,8 @@ def dpo_trainer(
     args = build_config(DPOConfig, dict(config or {}), output_dir)
     tok = _tokenizer(tokenizer_path or model_path)
     data = _dataset(rows, DPO_FIELDS, tok.eos_token, completions=("chosen", "rejected"))
+    if args.precompute_ref_log_probs:
+        data = _on_disk(data, output_dir, args)
     ref = None
     if ref_model_path is not None:
         from transformers import AutoModelForCausalLM
@@ -147,8 +189,18 @@ def train_dpo(
     lora: dict | None = None,
 ) -> dict[str, Any]:
     """DPO; saves model + tokenizer to output_dir (resuming from its newest checkpoint); returns metrics."""
+    rows = list(rows)
     trainer = dpo_trainer(model_path, rows, output_dir, config, tokenizer_path, ref_model_path, lora)
-    return fit(trainer, output_dir, trainer.processing_class, merge_lora=lora is not None)
+    return _fit(trainer, rows, output_dir, lora, ("chosen", "rejected"))
+
+
+def _fit(trainer, rows: list[dict], output_dir, lora: dict | None, completions: tuple[str, ...]) -> dict[str, Any]:
+    """checkpoints.fit, plus what max_length truncates (rank 0)."""
+    metrics = fit(trainer, output_dir, trainer.processing_class, merge_lora=lora is not None)
+    if trainer.is_world_process_zero():
+        stats = length_stats(trainer.processing_class, rows, completions, trainer.args.max_length)
+        metrics.update({f"truncation_{k}": v for k, v in stats.items()})
+    return metrics
 
 
 def train_sft(
@@ -160,6 +212,7 @@ def train_sft(
     lora: dict | None = None,
 ) -> dict[str, Any]:
     """SFT; saves model + tokenizer to output_dir (resuming from its newest checkpoint); returns metrics."""
+    rows = list(rows)
     trainer = sft_trainer(model_path, rows, output_dir, config, tokenizer_path, lora)
-    return fit(trainer, output_dir, trainer.processing_class, merge_lora=lora is not None)
+    return _fit(trainer, rows, output_dir, lora, ("completion",))
 

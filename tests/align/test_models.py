@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from align.models import REGISTRY, build_config, count_parameters, estimate_memory, lookup, with_path
+from align.models import REGISTRY, build_config, check_ref, count_parameters, estimate_memory, lookup, resolve_ref
 from rank.plugins import UnknownNameError
 
 # Published sizes (model cards / papers), in billions: the meta-device count must land near them.
@@ -11,7 +11,7 @@ PUBLISHED_B = {"starcoder-15b": 15.5, "starcoderbase-1b": 1.1, "codellama-7b": 6
 
 
 def test_required_entries_exist():
-    assert set(REGISTRY) >= {"tiny", *PUBLISHED_B}
+    assert set(REGISTRY) >= {"tiny:student", "tiny:teacher", *PUBLISHED_B}
     assert lookup("starcoder-15b").hub_id == "bigcode/starcoder"
     assert lookup("codellama-7b").architecture == "LlamaConfig"
 
@@ -44,7 +44,7 @@ def test_starcoder_zero3_on_8_gpus_is_plausible():
 
 def test_bad_stage_is_an_error():
     with pytest.raises(ValueError, match="zero_stage"):
-        estimate_memory(lookup("tiny"), zero_stage=4)
+        estimate_memory(lookup("tiny:student"), zero_stage=4)
 
 
 def test_unknown_name_suggests_close_match():
@@ -54,8 +54,22 @@ def test_unknown_name_suggests_close_match():
         lookup("gpt-17")
 
 
-def test_local_entry_needs_a_path(tmp_path):
-    with pytest.raises(ValueError, match="no path"):
-        lookup("tiny").source
-    assert with_path("tiny", tmp_path).source == str(tmp_path)
-    assert lookup("tiny").path is None          # the registry itself is not mutated
+def test_built_entry_builds_itself_and_hub_entries_resolve_to_their_id(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="built locally"):
+        lookup("tiny:student").source
+    assert lookup("WizardLMTeam/WizardCoder-15B-V1.0").name == "wizardcoder-15b"   # found by hub id too
+    assert resolve_ref("starcoder-15b") == "bigcode/starcoder"
+    assert resolve_ref(str(tmp_path)) == str(tmp_path) and resolve_ref("org/any-model") == "org/any-model"
+    calls = []
+    monkeypatch.setattr("align.tiny.build_tiny", lambda cfg, log: calls.append(cfg) or type(
+        "M", (), {"student_path": tmp_path / "s", "teacher_path": tmp_path / "t"}))
+    assert resolve_ref("tiny:teacher", {"n_layer": 1}) == str(tmp_path / "t")
+    assert calls[0].n_layer == 1
+
+
+def test_bad_model_reference_is_refused():
+    for ok in ("starcoder-15b", "bigcode/starcoder", "someorg/somemodel"):
+        check_ref(ok)
+    for bad, match in [("starcoder15b", "did you mean 'starcoder-15b'"), ("", "empty"), ("./no/such/dir", "unknown")]:
+        with pytest.raises(UnknownNameError, match=match):
+            check_ref(bad)

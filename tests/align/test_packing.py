@@ -338,25 +338,27 @@ def test_every_rank_takes_rank_zeros_decision(monkeypatch, tmp_path):
     assert len(sent) == 1                                                # decided once, not per step
 
 
-def test_train_layout_reaches_the_trainer_from_the_config(monkeypatch, tmp_path):
-    """`train.layout` in a preset (here forced by an override, as a user would) is validated at load and
-    becomes the trainer's `packing`."""
+def test_train_layout_reaches_the_trainer_from_the_config(tmp_path):
+    """`train.layout` in a preset (here set by an override, as a user would) is validated at load and
+    becomes the trainer's `packing` in the job spec; it is refused for methods without a layout."""
     from pathlib import Path
 
     from align import config as config_mod
     from align.pipeline_config import RunConfig
-    from align.recipes import rrtf
-    from align.train import datasets, distributed
+    from align.train.config import check_train
+    from align.train.launch import job_spec
 
     preset = Path(__file__).parents[2] / "recipes/tiny/rrtf.yaml"
     with pytest.raises(config_mod.ConfigError, match="layout"):
         config_mod.load(RunConfig, [preset], ["train.layout=packd"])
     cfg = config_mod.load(RunConfig, [preset], ["train.layout=packed"])
-    seen = []
-    monkeypatch.setattr(datasets, "build_rows", lambda *a, **k: [{"prompt": "p", "responses": ["a"], "scores": [1.0]}])
-    monkeypatch.setattr(distributed, "run_job", lambda spec: seen.append(spec) or {})
-    rrtf.train_step(cfg, [], "init", tmp_path / "out")
-    assert seen[0].options["packing"] == "packed"
+    (tmp_path / "init").mkdir()
+    (tmp_path / "rows.jsonl").write_text("")
+    spec = job_spec(cfg.train, "rrtf", str(tmp_path / "init"), tmp_path / "rows.jsonl", tmp_path / "out")
+    assert spec.options["packing"] == "packed"
+    check_train(cfg.train, "rrtf")
+    with pytest.raises(ValueError, match="train.layout"):
+        check_train(cfg.train, "dpo")
 
 
 # ---------------------------------------------------------------- GPU tier (CPU coverage: everything above)

@@ -4,6 +4,7 @@ Run: .venv/bin/python -m pytest tests/align/test_rank_trainer.py
 """
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -11,12 +12,14 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from align.prompting import EOS, format_prompt  # noqa: E402
+from align.prompting import format_prompt  # noqa: E402
 from align.train.losses import RankLossConfig  # noqa: E402
 from align.train.rank_trainer import RankTrainer, rank_collator, train_rank, truncate  # noqa: E402
 
-DATA = Path(__file__).parents[2].parent / "shared/data"
-GPT2 = DATA / "tokenizers/gpt2"
+# The locally trained tokenizer of the TRL tests, loaded by path so no package layout is assumed.
+_spec = importlib.util.spec_from_file_location("_trl_helpers", Path(__file__).with_name("test_trl_train.py"))
+helpers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(helpers)
 
 ROWS = [
     {"prompt": "Add two numbers.\ndef add(a, b):", "responses": ["def add(a, b):\n    return a + b", "def add(a, b):\n    return a - b",
@@ -34,17 +37,13 @@ ROWS = [
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    if not (GPT2 / "tokenizer.json").exists():
-        pytest.skip(f"GPT-2 tokenizer not found at {GPT2}")
-    tok = transformers.PreTrainedTokenizerFast(tokenizer_file=str(GPT2 / "tokenizer.json"), eos_token=EOS)
-    tok.pad_token = tok.eos_token
-    return tok
+    return helpers.make_tokenizer()
 
 
 def tiny_model(vocab):
     torch.manual_seed(0)
     cfg = transformers.GPTBigCodeConfig(n_layer=2, n_embd=32, n_head=4, multi_query=True, vocab_size=vocab,
-                                        n_positions=256, bos_token_id=50256, eos_token_id=50256)
+                                        n_positions=256, bos_token_id=0, eos_token_id=0)
     return transformers.GPTBigCodeForCausalLM(cfg)
 
 
@@ -116,6 +115,9 @@ def test_train_rank_saves_model_and_tokenizer(model_dir, tmp_path):
     assert metrics["train_runtime"] > 0 and metrics["global_step"] == 2 and metrics["layout"] == "prefix" and "last_rank_loss" in metrics
     assert (out / "config.json").exists() and (out / "tokenizer.json").exists()
     transformers.AutoModelForCausalLM.from_pretrained(out)
+    from rank.records import read_jsonl    # the curves align.report draws: one row per logged step
+    steps = [h for h in read_jsonl(out / "log_history.jsonl") if "rank_loss" in h]
+    assert [h["step"] for h in steps] == [1, 2] and all("loss" in h and "ft_loss" in h for h in steps)
 
 
 def test_train_rank_stops_and_resumes_from_checkpoint(model_dir, tmp_path):

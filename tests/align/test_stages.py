@@ -31,7 +31,8 @@ def test_rank_groups_needs_a_verdict_for_every_candidate():
 
 def test_execution_rows_carry_the_problem_tests():
     rows = stages.execution_rows([_cand("t1", "teacher")], {"p1": _problem()})
-    assert rows == [{"id": "t1", "code": "# t1", "tests": ["assert f(1) == 1"], "test": None, "entry_point": "f"}]
+    assert rows == [{"id": "t1", "code": "# t1", "tests": ["assert f(1) == 1"], "test": None, "entry_point": "f",
+                     "language": "python", "prompt": _problem().prompt}]
 
 
 def test_execute_shard_runs_in_the_sandbox():
@@ -49,3 +50,18 @@ def test_verdict_summary_counts_statuses():
     s = stages.verdict_summary([_cand("a", "student"), _cand("b", "student")],
                                [Verdict("a", "passed", 1, 1), Verdict("b", "timeout", 0, 1)])
     assert s == {"m-student": {"n": 2, "statuses": {"passed": 1, "timeout": 1}, "pass_rate": 0.5}}
+
+
+def test_rank_agreement_writes_each_ranking_and_the_report(tmp_path):
+    import json
+
+    problems = {"p1": _problem("p1")}
+    cands = [_cand("t1", "teacher"), _cand("s1", "student"), _cand("s2", "student")]
+    verdicts = [Verdict("t1", "passed", 1, 1, outcomes=["pass"]), Verdict("s1", "failed", 0, 1, outcomes=["fail"]),
+                Verdict("s2", "failed", 0, 1, outcomes=["fail"])]
+    groups = stages.rank_groups(problems, cands, verdicts, "pangu")
+    taus = stages.rank_agreement(tmp_path, problems, cands, verdicts, "pangu", groups, ["pangu", "codet"])
+    assert (tmp_path / "ranked-codet.jsonl").exists() and not (tmp_path / "ranked-pangu.jsonl").exists()
+    report = json.loads((tmp_path / "rank-agreement.json").read_text())
+    assert report["strategies"] == ["pangu", "codet"] and list(taus) == ["pangu vs codet"]
+    assert "| pangu vs codet |" in (tmp_path / "rank-agreement.md").read_text()

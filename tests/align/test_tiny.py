@@ -64,19 +64,51 @@ def test_cache_is_reused(built):
     assert threads.root() == cfg.root()                                  # ... thread count does not
 
 
-def test_greedy_eval_runs(built):
-    _, models, _ = built
+class _ScriptedBackend:
+    """Answers problem i with the reference (i % 4 == 0, 2), a wrong function (1) or a syntax error (3)."""
+
+    def __init__(self, problems):
+        self.answers = [p.reference if i % 2 == 0 else "def f(xs):\n    return None\n" if i % 4 == 1
+                        else "def f(:\n" for i, p in enumerate(problems)]
+
+    def generate(self, prompts, params):
+        assert params.temperature == 0 and params.n == 1                 # greedy pass@1
+        return [[a] for a in self.answers]
+
+
+def test_heldout_eval_runs_every_program_in_the_sandbox(monkeypatch):
+    import align.generate
+
     held = T.generate_problems(4, "heldout", seed=0)
-    texts = tiny.greedy_completions(models.teacher_path, [p.prompt for p in held], max_new_tokens=16)
-    assert len(texts) == 4 and all(EOS not in t for t in texts)
-    assert 0.0 <= tiny.pass_at_1(models.student_path, held[:2], max_new_tokens=8) <= 1.0
+    monkeypatch.setattr(align.generate, "load_backend", lambda name, path, **kw: _ScriptedBackend(held))
+    res = tiny.heldout_pass_at_1("unused", held)
+    assert res["pass@1"] == 0.5 and res["n_problems"] == 4
+    assert [r["samples"][0]["status"] for r in res["per_problem"]] == ["passed", "failed", "passed", "compile_error"]
 
 
-def test_run_tests_counts_passes():
-    p = T.generate_problems(1, "train", seed=0)[0]
-    assert tiny.run_tests(p.reference, p.tests) == len(p.tests)
-    assert tiny.run_tests("def f(xs):\n    return None\n", p.tests) == 0
-    assert tiny.run_tests("def f(:\n", p.tests) == 0
+def test_heldout_eval_of_a_built_model_is_greedy_and_consistent(built):
+    _, models, _ = built
+    held = T.generate_problems(3, "heldout", seed=0)
+    first = tiny.heldout_pass_at_1(models.teacher_path, held, max_new_tokens=24)
+    again = tiny.heldout_pass_at_1(models.teacher_path, held, max_new_tokens=24)
+    codes = [r["samples"][0]["code"] for r in first["per_problem"]]
+    assert codes == [r["samples"][0]["code"] for r in again["per_problem"]]          # greedy: deterministic
+    assert all(EOS not in c for c in codes)
+    passed = [r["samples"][0]["status"] == "passed" for r in first["per_problem"]]
+    assert first["pass@1"] == sum(passed) / 3
+
+
+def test_set_overrides_go_through_the_config_system():
+    from align.config import ConfigError
+
+    cfg = tiny.config_from("test", ["n_layer=3", "lr=1e-4", "cache_dir=/tmp/x"])
+    assert (cfg.n_layer, cfg.lr, cfg.cache_dir, cfg.n_embd) == (3, 1e-4, "/tmp/x", tiny.PRESETS["test"].n_embd)
+    with pytest.raises(ConfigError, match=r"n_layers: unknown key \(did you mean 'n_layer'\?\)"):
+        tiny.config_from("test", ["n_layers=3"])
+    with pytest.raises(ConfigError, match="n_layer: expected an integer, got str 'three'"):
+        tiny.config_from("test", ["n_layer=three"])
+    with pytest.raises(ConfigError, match="student_steps <= teacher_steps"):
+        tiny.config_from("test", ["student_steps=100"])
 
 
 def test_fim_transform_keeps_the_document():

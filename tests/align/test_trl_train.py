@@ -15,20 +15,26 @@ pytest.importorskip("trl")
 from align.prompting import EOS, format_prompt  # noqa: E402
 from align.train import trl_train  # noqa: E402
 
-SHARED = Path(__file__).parents[2].parent / "shared/data"
-TOKENIZER = SHARED / "tokenizers/gpt2/tokenizer.json"
 # Small, fast, and the same code path as a real run: TRL's own defaults except what CPU needs.
 FAST = {"max_steps": 2, "per_device_train_batch_size": 2, "max_length": 64, "save_strategy": "no",
         "gradient_checkpointing": False, "learning_rate": 1e-3}
 
 
-def make_tiny_model(path: Path) -> Path:
-    """A 2-layer multi-query GPTBigCode with the GPT-2 tokenizer saved next to it."""
-    if not TOKENIZER.is_file():
-        pytest.skip(f"shared tokenizer not found at {TOKENIZER}")
-    from transformers import GPTBigCodeConfig, GPTBigCodeForCausalLM, PreTrainedTokenizerFast
+def make_tokenizer():
+    """A byte-level BPE trained here in ~0.1 s (align.tiny's recipe) on the test rows' kind of code:
+    nothing downloaded, nothing read from outside the repository."""
+    from align.tiny import train_tokenizer
 
-    tok = PreTrainedTokenizerFast(tokenizer_file=str(TOKENIZER), eos_token=EOS, pad_token=EOS)
+    docs = [r["prompt"] + r["chosen"] + r["rejected"] for r in pair_rows(50)]
+    docs += ["def add(a, b):\n    return a + b\n", "def rev(xs):\n    return xs[::-1]\n", "raise ValueError"]
+    return train_tokenizer(docs, vocab_size=400)
+
+
+def make_tiny_model(path: Path) -> Path:
+    """A 2-layer multi-query GPTBigCode (StarCoder's class) with a locally trained tokenizer next to it."""
+    from transformers import GPTBigCodeConfig, GPTBigCodeForCausalLM
+
+    tok = make_tokenizer()
     torch.manual_seed(0)
     cfg = GPTBigCodeConfig(n_layer=2, n_embd=64, n_head=4, multi_query=True, vocab_size=len(tok),
                            n_positions=256, bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,

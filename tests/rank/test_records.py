@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from rank.records import (Candidate, Problem, RecordError, Verdict, content_id, read_jsonl,
+from rank.records import (Candidate, Problem, RecordError, Verdict, content_id, read_jsonl, write_atomic,
                           write_jsonl)
 
 
@@ -26,7 +26,7 @@ def test_round_trip(tmp_path):
     (_problem(tests=[]), "tests", "needs 'tests'"),
     ({"id": "p", "prompt": "x", "tests": ["assert 1"]}, "entry_point", "missing"),
     (_problem(lineage={"round": "one"}), "lineage.round", "expected an integer"),
-    (_problem(extra=1), "extra", "unknown field"),
+    (_problem(extra=1), "extra", "unknown key"),
 ])
 def test_bad_rows_name_file_line_and_field(tmp_path, row, field, message):
     p = tmp_path / "bad.jsonl"
@@ -75,3 +75,62 @@ def test_write_is_atomic_on_failure(tmp_path):
         write_jsonl(p, rows())
     assert read_jsonl(p) == [{"a": 1}]
     assert [f.name for f in tmp_path.iterdir()] == ["out.jsonl"]
+
+
+def test_write_atomic_text_and_bytes_and_keeps_old_file_on_failure(tmp_path, monkeypatch):
+    p = tmp_path / "sub" / "eval.json"
+    write_atomic(p, '{"pass@1": 0.5}')
+    assert p.read_text() == '{"pass@1": 0.5}'
+    write_atomic(p, b"\x00\x01")
+    assert p.read_bytes() == b"\x00\x01"
+    # A crash between writing and renaming (here: fsync fails) leaves the old file and no temp file.
+    import os
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError("disk gone")))
+    with pytest.raises(OSError, match="disk gone"):
+        write_atomic(p, "new")
+    assert p.read_bytes() == b"\x00\x01"
+    assert [f.name for f in p.parent.iterdir()] == ["eval.json"]
+
+
+def test_one_validator_for_records_and_configs():
+    """rank.typed checks what records and configs share: Literal, typed dict values, post-init checks."""
+    from dataclasses import dataclass, field
+    from typing import Literal
+
+    from rank.typed import FieldError, build
+
+    @dataclass
+    class Inner:
+        k: int = 0
+
+        def __post_init__(self):
+            if self.k < 0:
+                raise ValueError(f"k must be >= 0, got {self.k}")
+
+    @dataclass
+    class Outer:
+        mode: Literal["a", "b"] = "a"
+        by_name: dict[str, Inner] = field(default_factory=dict)
+        x: float | None = None
+
+    out = build(Outer, {"mode": "b", "by_name": {"p": {"k": 2}}, "x": 1})
+    assert out.by_name["p"].k == 2 and out.x == 1.0 and isinstance(out.x, float)
+    for data, msg in [({"mode": "c"}, "mode: 'c' is not one of 'a', 'b'"),
+                      ({"by_name": {"p": {"k": True}}}, "by_name.p.k: expected an integer, got bool True"),
+                      ({"by_name": {"p": {"k": -1}}}, "by_name.p: k must be >= 0, got -1"),
+                      ({"x": "1"}, "x: expected a number, got str '1'")]:
+        with pytest.raises(FieldError) as e:
+            build(Outer, data)
+        assert str(e.value) == msg
+
+
+def test_append_jsonl_and_cut_torn_tail(tmp_path):
+    from rank.records import append_jsonl, cut_torn_tail
+
+    p = tmp_path / "out.jsonl"
+    assert append_jsonl(p, [{"id": "a"}, {"id": "b\ud800"}]) == 2          # a lone surrogate is writable
+    with open(p, "a") as fh:
+        fh.write('{"id": "c", "sta')                                         # a kill mid-line
+    cut_torn_tail(p)
+    append_jsonl(p, [{"id": "d"}], fsync=False)
+    assert [r["id"] for r in read_jsonl(p)] == ["a", "b\ud800", "d"]

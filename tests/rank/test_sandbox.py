@@ -12,10 +12,9 @@ import textwrap
 
 import pytest
 
-from rank.records import STATUSES
-from rank.sandbox import Job, Sandbox, SandboxConfig, SandboxUnavailable, run_jobs, verdict_from_report
+from rank.records import STATUSES, Problem
+from rank.sandbox import Job, Sandbox, SandboxConfig, SandboxUnavailable, job_for, run_jobs, verdict_from_report
 
-HUMANEVAL = "humaneval/HumanEval.jsonl.gz"
 MBPP = "mbpp/mbpp.jsonl"
 
 
@@ -106,11 +105,19 @@ def test_calls_reach_the_candidate_exactly_in_test_order(run, tests, expected):
         assert (v.status, v.passed) == expected, v
 
 
-def test_test_code_may_use_program_helpers_and_values(run):
-    program = "SCALE = 10\ndef helper(x):\n    return x * SCALE\ndef f(x):\n    return helper(x) + 1\n"
-    test = "def check(candidate):\n    assert candidate(2) == helper(2) + 1\n    assert SCALE == 10\n"
-    v = run(program, test=test, entry_point="f")
+def test_tests_use_the_prompts_helpers_not_the_programs(run):
+    """Helpers the prompt implements are the server's own (HumanEval/38's encode_cyclic); the program's
+    other names (helpers, constants) are not visible to the tests."""
+    prompt = "def helper(x):\n    return x * 10\n\ndef f(x):\n    \"\"\"helper(x) + 1\"\"\"\n"
+    test = "def check(candidate):\n    assert candidate(2) == helper(2) + 1\n"
+    honest = prompt + "    return helper(x) + 1\n"
+    v = run(honest, test=test, entry_point="f", prompt=prompt)
     assert (v.status, v.passed, v.total) == ("passed", 1, 1), v
+    forged = "def helper(x):\n    return 0\ndef f(x):\n    return 1\n"     # its own helper: not used
+    v = run(forged, test=test, entry_point="f", prompt=prompt)
+    assert (v.status, v.passed) == ("failed", 0), v
+    v = run("SCALE = 10\ndef f(x):\n    return x\n", ["assert f(SCALE) == 10"], entry_point="f")
+    assert v.status == "runtime_error" and "SCALE" in v.error, v
 
 
 def test_the_zygote_warm_up_leaves_nothing_in_the_candidate(run):
@@ -267,12 +274,18 @@ def test_verdict_rules(report, expected):
     v = verdict_from_report(Job(id="j", code="", tests=["a", "b"]), report)
     assert (v.status, v.passed) == expected
     assert v.status != "passed" or report.get("done")
+    assert v.outcomes.count("pass") == v.passed      # the per-test record agrees (rank.strategies.codet)
 
 
 # ---------------------------------------------------------------- reference data
 
+def _problem(row) -> Problem:
+    """A HumanEval row as the toolkit's Problem (what evol.seeds loads)."""
+    return Problem(id=row["task_id"], prompt=row["prompt"], entry_point=row["entry_point"], test=row["test"])
+
+
 def _humaneval(host):
-    path = host.data / HUMANEVAL
+    path = host.humaneval()
     if not path.exists():
         pytest.skip(f"HumanEval data not found at {path}")
     with gzip.open(path, "rt") as fh:
@@ -281,8 +294,7 @@ def _humaneval(host):
 
 def test_all_humaneval_canonical_solutions_pass(sandbox, host):
     problems = _humaneval(host)
-    jobs = [Job(id=p["task_id"], code=p["prompt"] + p["canonical_solution"], test=p["test"],
-                entry_point=p["entry_point"]) for p in problems]
+    jobs = [job_for(_problem(p), p["prompt"] + p["canonical_solution"], p["task_id"]) for p in problems]
     verdicts = sandbox.run(jobs)
     failing = [(v.candidate_id, v.status, v.error[:200]) for v in verdicts if v.status != "passed"]
     assert len(verdicts) == 164 and not failing
@@ -294,36 +306,51 @@ def test_broken_humaneval_solutions_fail(sandbox, host):
     broken = []
     for p in problems:
         indent = re.match(r"\s*", p["canonical_solution"]).group(0) or "    "
-        broken.append(Job(id=p["task_id"], code=p["prompt"] + f"{indent}return None\n" + p["canonical_solution"],
-                          test=p["test"], entry_point=p["entry_point"]))
+        broken.append(job_for(_problem(p), p["prompt"] + f"{indent}return None\n" + p["canonical_solution"],
+                              p["task_id"]))
     verdicts = sandbox.run(broken)
     assert not [v.candidate_id for v in verdicts if v.status == "passed"]
     assert {v.status for v in verdicts} <= {"failed", "partial", "runtime_error", "timeout"}
-    swapped = [Job(id=a["task_id"], code=a["prompt"] + b["canonical_solution"], test=a["test"],
-                   entry_point=a["entry_point"]) for a, b in zip(problems[:40], problems[1:41])]
+    swapped = [job_for(_problem(a), a["prompt"] + b["canonical_solution"], a["task_id"])
+               for a, b in zip(problems[:40], problems[1:41])]
     assert not [v.candidate_id for v in sandbox.run(swapped) if v.status == "passed"]
 
 
-def test_mbpp_reference_solutions(sandbox, host):
+def _mbpp(host, limit=None):
     path = host.data / MBPP
     if not path.exists():
-        pytest.skip(f"MBPP data not found at {path}")
-    with open(path) as fh:
-        rows = [json.loads(line) for line in fh if line.strip()][:60]
-    jobs = [Job(id=str(r["task_id"]), code=r["code"] + "\n" + r["test_setup_code"], tests=r["test_list"]) for r in rows]
+        pytest.skip(f"MBPP data not found at {path} (MBPP ships only in ../shared/data)")
+    from evol.seeds import load_mbpp             # the loader the toolkit uses: setup code goes with the tests
+    return load_mbpp(path)[:limit]
+
+
+def test_mbpp_reference_solutions(sandbox, host):
+    problems = _mbpp(host, 60)
+    jobs = [job_for(p, p.reference, str(p.meta["task_id"])) for p in problems]
     verdicts = sandbox.run(jobs)
     passed = [v for v in verdicts if v.status == "passed"]
-    assert len(passed) >= 58, [(v.candidate_id, v.status, v.error[:120]) for v in verdicts if v.status != "passed"]
-    assert all(v.total == len(r["test_list"]) for v, r in zip(verdicts, rows))
-    wrong = [Job(id=j.id, code=j.code + "\n\ndef _noop():\n    pass\n", tests=[t.replace("==", "!=", 1) for t in j.tests])
-             for j in jobs[:20]]
+    assert len(passed) == 60, [(v.candidate_id, v.status, v.error[:120]) for v in verdicts if v.status != "passed"]
+    assert all(v.total == len(p.tests) for v, p in zip(verdicts, problems))
+    wrong = [Job(id=j.id, code=j.code + "\n\ndef _noop():\n    pass\n", tests=[t.replace("==", "!=", 1) for t in j.tests],
+                 entry_point=j.entry_point) for j in jobs[:20]]
     assert not [v for v in sandbox.run(wrong) if v.status == "passed"]
+
+
+@pytest.mark.slow
+def test_all_mbpp_reference_solutions(host):
+    """All 974: 971 pass; 367, 601 and 927 use classes the program defines (Node, Pair), which the
+    tests do not take from the candidate (docs/sandbox.md). Task 123 runs for seconds: generous limits."""
+    problems = _mbpp(host)
+    with Sandbox(SandboxConfig(timeout_s=30.0, job_timeout_s=90.0)) as sb:
+        verdicts = sb.run([job_for(p, p.reference, str(p.meta["task_id"])) for p in problems])
+    failing = {v.candidate_id for v in verdicts if v.status != "passed"}
+    assert len(problems) == 974 and failing <= {"367", "601", "927"}, failing
 
 
 # ---------------------------------------------------------------- the plain-data codec (no sandbox needed)
 
 def test_codec_round_trips_exact_types_and_rejects_everything_else():
-    from rank import _sandbox_wire as S
+    from rank.sandbox import wire as S
     values = [None, True, 1, -2 ** 70, 1.5, float("inf"), "s", b"x", (1, [2, {3: (4,)}]), {1, 2}, frozenset(),
               {"a": frozenset({1})}, 1j, int, str]
     for v in values:
@@ -343,13 +370,13 @@ def test_codec_round_trips_exact_types_and_rejects_everything_else():
 
 
 def test_buffered_reader_frames_deadline_and_limits():
-    """rank._sandbox_wire.Reader (C's requests, the tester's answers): several frames in one read come
+    """rank.sandbox.wire.Reader (C's requests, the tester's answers): several frames in one read come
     back one at a time and in order, a partial frame waits for the rest, and deadline, EOF and MAX_MSG
     behave as in `recv`."""
     import os
     import struct
     import time
-    from rank import _sandbox_wire as S
+    from rank.sandbox import wire as S
     r, w = os.pipe()
     try:
         reader = S.Reader(r)
@@ -383,7 +410,7 @@ def test_buffered_reader_frames_deadline_and_limits():
 def test_planning_helpers_match_ast_walk():
     """_walk (used instead of ast.walk to plan faster) visits the same nodes as ast.walk."""
     import ast
-    from rank import _sandbox_plan as P
+    from rank.sandbox import plan as P
     src = "def check(c):\n    x = [c(i) for i in range(3) if i]\n    assert c(1) == (2, {3: 'a'}) and not x\n" \
           "import math as m\nclass K:\n    def f(self, *a, **k):\n        return lambda y: y\n"
     tree = ast.parse(src)

@@ -5,8 +5,8 @@
         verdicts = sb.run([Job(id="c1", code="def f(x):\\n    return x+1\\n", tests=["assert f(1) == 2"])])
 
 Each worker is one bubblewrap sandbox (no network, read-only minimal root, private /tmp and /dev/shm, own
-PID namespace, started as an unprivileged uid) holding a warm fork-server (rank/_sandbox_server.py and its
-helpers _sandbox_wire, _sandbox_plan, _sandbox_tester);
+PID namespace, started as an unprivileged uid) holding a warm fork-server (rank/sandbox/server.py and its
+helpers wire, plan, tester);
 workers run in parallel threads of this process. The threat model and its tests: docs/sandbox.md.
 Timeouts: `timeout_s` bounds the program's top level and each test separately; `job_timeout_s` bounds
 a whole job. CLI: python -m rank.execute --in IN.jsonl --out OUT.jsonl
@@ -25,9 +25,10 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from rank import _sandbox_wire as proto
+from rank.sandbox import seccomp
+from rank.sandbox import wire as proto
 from rank.records import Verdict
-from rank.runners import RUNNERS
+from rank.sandbox.runners import RUNNERS
 
 
 class SandboxUnavailable(RuntimeError):
@@ -46,16 +47,19 @@ class SandboxConfig:
     file_mb: int = 16                # largest file (and captured output) a candidate may write
     open_files: int = 64
     tmp_mb: int = 64                 # size of the private /tmp and /dev/shm
+    tmp_inodes: int = 8192           # files and directories each of them may hold
     output_limit: int = 4096         # characters of stdout/error kept in a verdict
     unsafe: bool = False             # run without bubblewrap (rlimits + process group only); warns
+    seccomp: bool = True             # the syscall filter (rank/sandbox/seccomp.py); off only to measure it
     python: str | None = None        # interpreter inside the sandbox (default: one the uid can run)
-    language: str = "python"         # a Sandbox runs one language: rank.runners.RUNNERS[language]
+    language: str = "python"         # a Sandbox runs one language: rank.sandbox.runners.RUNNERS[language]
     bwrap: str = "bwrap"
     uid: int = 65534                 # uid/gid the sandbox starts as when this process is root
     gid: int = 65534
 
     def __post_init__(self):
-        for name in ("workers", "memory_mb", "procs", "file_mb", "open_files", "tmp_mb", "output_limit"):
+        for name in ("workers", "memory_mb", "procs", "file_mb", "open_files", "tmp_mb", "tmp_inodes",
+                     "output_limit"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"SandboxConfig.{name} must be a positive integer, got {value!r}")
@@ -72,14 +76,17 @@ class SandboxConfig:
 class Job:
     """One candidate program and its tests: independent snippets in `tests`, or a HumanEval-style
     `check(candidate)` function in `test` with `entry_point` (then `code` is the whole program).
-    With snippets, `entry_point` is optional: it names the function under test, which may then shadow
-    a builtin (`def sum(a, b)`); other program names that shadow builtins are hidden from the tests."""
+    Build it from a Problem with rank.sandbox.job_for. The tests take from the program only the
+    `entry_point` (for snippets optional: without it, the names they read but neither bind nor find
+    among the builtins) and the functions `prompt` declares without implementing; what `prompt`
+    implements runs in the server (docs/sandbox.md)."""
     id: str
     code: str
     tests: list[str] | None = None
     test: str | None = None
     entry_point: str | None = None
     language: str = "python"
+    prompt: str | None = None       # the problem's prompt: names it implements are the tests' own
 
     def problem(self) -> tuple[str, str] | None:
         """(field, message) for the first thing wrong with this job, or None."""
@@ -87,6 +94,8 @@ class Job:
             return "id", "must be a non-empty string"
         if not isinstance(self.code, str):
             return "code", "must be a string"
+        if self.prompt is not None and not isinstance(self.prompt, str):
+            return "prompt", "must be a string"
         if self.language not in RUNNERS:
             return "language", f"{self.language!r} has no runner (known: {', '.join(sorted(RUNNERS))})"
         if (self.tests is None) == (self.test is None):
@@ -156,16 +165,61 @@ def verdict_from_report(job: Job, report: dict, limit: int = 4096) -> Verdict:
         errors.append("job exceeded job_timeout_s; tests not reached count as not passed")
     return Verdict(candidate_id=job.id, status=status, passed=min(passed, total), total=total,
                    duration_s=round(float(report.get("duration_s", 0.0)), 6),
-                   stdout=str(report.get("stdout", ""))[:limit + 80], error="\n".join(errors)[:limit])
+                   stdout=proto.clean_text(str(report.get("stdout", "")), limit + 80),
+                   error=proto.clean_text("\n".join(map(str, errors)), limit),
+                   outcomes=[] if status == "sandbox_error" or report.get("load") not in (None, "ok")
+                   else [str(o) for o in outcomes[:total]])
 
 
 # ---------------------------------------------------------------- one sandboxed worker
+
+# bwrap (0.8) mounts a tmpfs with `size=` only, and the kernel's default inode limit is about three
+# million per mount: kernel memory a candidate could pin. So /tmp and /dev/shm are mounted before
+# bwrap, with `nr_inodes=` too, in a user and mount namespace of their own (unprivileged, as bwrap's
+# own), and bound into the sandbox; bwrap then starts as uid 0 of that namespace, so it is told the
+# sandbox uid and to drop every capability. argv: SIZE INODES BWRAP ARGS...
+_SCRATCH = "/dev/shm"       # an existing path of the host, covered only in that private namespace
+_MOUNT_TMPFS = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+def check(result, what):
+    if result != 0:
+        err = ctypes.get_errno()
+        sys.exit(f"rank.sandbox: {what} failed: {os.strerror(err)}")
+uid, gid = os.getuid(), os.getgid()
+check(libc.unshare(0x10000000 | 0x00020000), "unshare(CLONE_NEWUSER | CLONE_NEWNS)")
+for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
+    fd = os.open(f"/proc/self/{name}", os.O_WRONLY)
+    os.write(fd, text.encode())
+    os.close(fd)
+check(libc.mount(None, b"/", None, 0x4000 | 0x40000, None), "making / private")
+check(libc.mount(b"tmpfs", b"%(scratch)s", b"tmpfs", 6, b"size=65536,nr_inodes=8,mode=0755"), "scratch tmpfs")
+options = f"size={sys.argv[1]},nr_inodes={sys.argv[2]},mode=1777".encode()
+for name in ("t", "s"):
+    os.mkdir(f"%(scratch)s/{name}")
+    check(libc.mount(b"tmpfs", f"%(scratch)s/{name}".encode(), b"tmpfs", 6, options), "tmpfs")
+os.execv(sys.argv[3], sys.argv[3:])
+""" % {"scratch": _SCRATCH}
+
+_FILTER: list[bytes] = []
+
+
+def _filter() -> bytes:
+    """The worker-wide syscall filter, assembled once per process."""
+    if not _FILTER:
+        try:
+            _FILTER.append(seccomp.sandbox_filter())
+        except seccomp.UnsupportedArch as e:
+            raise SandboxUnavailable(f"{e}; pass SandboxConfig(seccomp=False) to run without a "
+                                     "syscall filter") from None
+    return _FILTER[0]
+
 
 class _Worker:
     def __init__(self, config: SandboxConfig, interpreter: str):
         self.config, self.interpreter, self.proc = config, interpreter, None
 
-    def _argv(self, fd_in: int, fd_out: int) -> list[str]:
+    def _argv(self, fd_in: int, fd_out: int, fd_filter: int | None) -> list[str]:
         runner = RUNNERS[self.config.language]
         server = runner.server_argv(self.interpreter, fd_in, fd_out, not self.config.unsafe)
         if self.config.unsafe:
@@ -173,7 +227,8 @@ class _Worker:
         c = self.config
         # --as-pid-1: the server itself is PID 1, which the kernel shields from every signal it has no
         # handler for (SIGKILL and SIGSTOP included) when sent from inside the namespace.
-        argv = [c.bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
+        argv = [c.bwrap] + (["--seccomp", str(fd_filter)] if fd_filter is not None else [])
+        argv += ["--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
                 "--as-pid-1", "--new-session", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin",
                 "--setenv", "HOME", "/tmp", "--setenv", "LANG", "C.UTF-8", "--hostname", "sandbox",
                 "--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"]
@@ -185,11 +240,14 @@ class _Worker:
         prefix = runner.prefix(self.interpreter)
         if not prefix.startswith(("/usr/", "/bin/", "/lib")) and prefix != "/usr":
             argv += ["--ro-bind", prefix, prefix]
-        size = str(c.tmp_mb << 20)
-        argv += ["--proc", "/proc", "--dev", "/dev", "--size", size, "--tmpfs", "/dev/shm",
-                 "--remount-ro", "/dev", "--size", size, "--tmpfs", "/tmp", "--remount-ro", "/",
+        uid, gid = (c.uid, c.gid) if os.geteuid() == 0 else (os.getuid(), os.getgid())
+        argv += ["--uid", str(uid), "--gid", str(gid), "--cap-drop", "ALL",
+                 "--proc", "/proc", "--dev", "/dev", "--bind", f"{_SCRATCH}/s", "/dev/shm",
+                 "--remount-ro", "/dev", "--bind", f"{_SCRATCH}/t", "/tmp", "--remount-ro", "/",
                  "--chdir", "/tmp", "--"]
-        return argv + server
+        argv[0] = shutil.which(c.bwrap) or c.bwrap
+        return [self.interpreter, "-I", "-S", "-c", _MOUNT_TMPFS, str(c.tmp_mb << 20), str(c.tmp_inodes),
+                *argv, *server]
 
     def start(self) -> None:
         in_r, self.w = os.pipe()
@@ -199,13 +257,19 @@ class _Worker:
         if os.geteuid() == 0:                       # never run the sandbox as root: it could read /root
             kwargs = {"user": self.config.uid, "group": self.config.gid, "extra_groups": []}
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+        fds = [in_r, out_w]
+        if self.config.seccomp and not self.config.unsafe:
+            fds.append(os.memfd_create("rank-seccomp"))       # bwrap reads the program from it
+            os.write(fds[-1], _filter())
+            os.lseek(fds[-1], 0, os.SEEK_SET)
         try:
-            self.proc = subprocess.Popen(self._argv(in_r, out_w), stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, stderr=self.stderr, env=env,
-                                         pass_fds=(in_r, out_w), start_new_session=True, cwd="/",
-                                         **kwargs)
+            self.proc = subprocess.Popen(self._argv(in_r, out_w, fds[2] if len(fds) > 2 else None),
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=self.stderr, env=env, pass_fds=fds, start_new_session=True,
+                                         cwd="/", **kwargs)
         finally:
-            os.close(in_r), os.close(out_w)
+            for fd in fds:
+                os.close(fd)
         try:
             hello = proto.recv(self.r, time.monotonic() + 60)
         except (proto.Timeout, proto.Closed, ValueError) as e:
@@ -249,7 +313,7 @@ class _Worker:
             self.start()
         c = self.config
         msg = {"id": job.id, "code": job.code, "tests": job.tests, "test": job.test,
-               "entry_point": job.entry_point, "output_limit": c.output_limit,
+               "entry_point": job.entry_point, "prompt": job.prompt, "output_limit": c.output_limit,
                "limits": {"memory_mb": c.memory_mb, "file_mb": c.file_mb, "open_files": c.open_files,
                           "procs": c.procs, "timeout_s": c.timeout_s, "job_timeout_s": c.job_timeout_s}}
         start = time.monotonic()

@@ -1,25 +1,25 @@
 """The in-sandbox side of rank.sandbox: a warm fork-server. Standard library only.
 
 Started by rank.sandbox as `python -I -c BOOT FD_IN FD_OUT MODE <sources>` inside bubblewrap: BOOT
-(rank/runners.py) installs this module and rank/_sandbox_{wire,plan,tester}.py from their source text
+(rank/sandbox/runners.py) installs this module and rank/sandbox/{wire,plan,tester}.py from their source text
 and calls main(). Run it only through rank.sandbox (see docs/sandbox.md).
 
 Processes in one sandbox worker (all the same unprivileged uid, in the worker's own PID namespace):
-  server  reads jobs from the host on FD_IN, answers on FD_OUT, and runs each job's test code (in a fresh
-          namespace, under a job timer). It is non-dumpable, so a candidate can neither ptrace it nor
-          open its /proc/<pid>/fd or mem. It is the namespace's PID 1 (bwrap --as-pid-1), so no signal it
-          has no handler for reaches it from inside. Only it holds the host channel (fds >= 3).
-  zygote  forked at start-up, before any job, and never shown a test: it forks one candidate process (C)
-          per job, so a candidate's memory holds no test text and no expected value of any job.
+  zygote  PID 1 of the namespace (bwrap --as-pid-1), so the kernel delivers it no signal from inside
+          (it has no handlers) and `kill(-1)` spares it. Forked from nothing but this code, it never
+          sees a test: it forks one candidate process (C) per job, so a candidate's memory holds no
+          test text and no expected value of any job. It reaps every orphan (SIGCHLD ignored).
+  server  the zygote's first child: reads jobs from the host on FD_IN, answers on FD_OUT, and runs each
+          job's test code (in a fresh namespace, under a job timer). Only it holds the host channel.
+          C's syscall filter (rank/sandbox/seccomp.py) denies signals to it and to `-1`.
   C       runs the candidate program, then answers calls `name(*args)` with the result encoded as plain
           data (never pickle). It holds no channel to the host and none to other jobs.
-In the server, every program function is a proxy that calls C; values come back decoded into exact
-built-in types, so a forged __eq__, a patched builtin or assert, or an early exit in C cannot make an
-assert pass: asserts run in the server, which C cannot touch. When every call the tests will make is
-known from their source (literal arguments), the server sends them all at once and C answers back to
-back (Link.prefetch); if the tests then deviate from that sequence the job is rerun on a fresh C without
-it, so C always sees exactly the calls the tests make, in order. After each job the server kills every
-other process in the PID namespace, empties /tmp and /dev/shm and removes SysV IPC objects.
+All three are non-dumpable: no ptrace, no /proc/<pid>/mem or fd of each other.
+In the server, every function the candidate supplies is a proxy that calls C; values come back decoded
+into exact built-in types, so a forged __eq__, a patched builtin or assert, or an early exit in C cannot
+make an assert pass: asserts run in the server, which C cannot touch. After each job the server sends
+SIGKILL to every process but itself and PID 1 (`kill(-1)`), waits until they are gone, empties /tmp and
+/dev/shm whatever their state, removes SysV IPC objects and checks its own limits before the next job.
 """
 import builtins
 import json
@@ -30,9 +30,9 @@ import struct
 import sys
 import time
 
-from rank._sandbox_plan import plan_tests
-from rank._sandbox_tester import _ARMED, JobTimeout, Link, PrefetchMismatch, _on_alarm, run_tests
-from rank._sandbox_wire import Closed, Reader, Unsupported, _hook, _short, encode, recv, send
+from rank.sandbox.plan import plan_tests
+from rank.sandbox.tester import _ARMED, JobTimeout, Link, PrefetchMismatch, _on_alarm, run_tests
+from rank.sandbox.wire import Closed, Reader, _hook, _short, encode, recv, send
 
 # Loaded once in the zygote, so candidates importing them pay nothing. Kept small: every mapped library
 # makes each per-job fork and exit slower (hashlib/decimal/ctypes cost more than they save).
@@ -80,6 +80,8 @@ def apply_limits(lim):
 
 # ---------------------------------------------------------------- C and the zygote
 
+_PROTECT = [None]       # installs C's syscall filter (set in the zygote when the sandbox is isolated)
+
 def candidate_main(code, lim, cwd):
     """fd 3: requests from the tester; fd 4: answers; fd 1/2: captured output. Never returns.
     Answers are lists: ["ready", [[name, "f"] | [name, "v", value]...]], ["ok", value],
@@ -89,6 +91,8 @@ def candidate_main(code, lim, cwd):
     os.setsid()
     os.chdir(cwd)
     apply_limits(lim)
+    if _PROTECT[0] is not None:
+        _PROTECT[0]()                   # the candidate's own syscall filter, before any of its code runs
     ns = {"__name__": "__candidate__", "__builtins__": builtins}
     try:
         obj = compile(code, "<candidate>", "exec")
@@ -116,20 +120,16 @@ def candidate_main(code, lim, cwd):
 
 
 def _program_names(ns):
-    """What the server learns of the program: modules by name, callables as proxies, small constants."""
+    """What the server learns of the program: which names are functions and which are modules (by
+    name). Never a value: the tests take nothing else from the candidate (rank/sandbox/plan.py)."""
     names = []
     for name, value in list(ns.items()):
         if name.startswith("__"):
             continue
         if isinstance(value, type(builtins)):
-            names.append([name, "m", str(getattr(value, "__name__", ""))])
+            names.append([name, "m", str(getattr(value, "__name__", ""))[:200]])
         elif callable(value):
             names.append([name, "f"])
-        elif not isinstance(value, (str, bytes, list, tuple, dict, set, frozenset)) or len(value) <= 10000:
-            try:                    # small constants only: a big table would only slow every job
-                names.append([name, "v", encode(value)])
-            except (Unsupported, RecursionError, ValueError, TypeError):
-                pass
     return names
 
 
@@ -182,14 +182,20 @@ def _flush():
             pass
 
 
-def zygote_main(ctrl):
-    """Fork one C per request on `ctrl` (code + the C-side fds); answer with its pid."""
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)       # children are reaped by the kernel
+def zygote_main(ctrl, server_pid=None):
+    """Fork one C per request on `ctrl` (code + the C-side fds); answer with its pid. Exits when the
+    server closes `ctrl`. `server_pid`: the process C's filter must not signal (isolated mode)."""
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)       # children (and, as PID 1, orphans) reaped by the kernel
     for name in WARM:                                   # what candidates commonly import, loaded once
         __import__(name)
+    if server_pid is not None:
+        from rank.sandbox.seccomp import candidate_filter, install
+        program = candidate_filter(server_pid)
+        _PROTECT[0] = lambda: install(program)
     _warm_up()
     import gc
     gc.freeze()
+    own = _own_state()
     while True:
         try:
             head, fds, _, _ = socket.recv_fds(ctrl, 4, 3)
@@ -199,6 +205,8 @@ def zygote_main(ctrl):
             os._exit(0)
         head += _sock_exact(ctrl, 4 - len(head))
         msg = json.loads(_sock_exact(ctrl, struct.unpack(">I", head)[0]))
+        if not _restore_state(own):                     # what every C would inherit: must be as it was
+            os._exit(3)
         pid = os.fork()
         if pid == 0:
             try:
@@ -211,6 +219,31 @@ def zygote_main(ctrl):
         for fd in fds:
             os.close(fd)
         ctrl.sendall(struct.pack(">q", pid))
+
+
+def _own_state():
+    """This process's rlimits, nice value, CPU affinity and scheduling policy."""
+    import resource as r
+    limits = {n: r.getrlimit(getattr(r, n)) for n in dir(r) if n.startswith("RLIMIT_")}
+    return limits, os.getpriority(os.PRIO_PROCESS, 0), os.sched_getaffinity(0), os.sched_getscheduler(0)
+
+
+def _restore_state(own):
+    """Put back this process's limits, priority and affinity if anything changed them (the syscall
+    filter already denies changing another process's); False if they cannot be put back."""
+    import resource as r
+    limits, nice, cpus, policy = own
+    try:
+        for name, value in limits.items():
+            if r.getrlimit(getattr(r, name)) != value:
+                r.setrlimit(getattr(r, name), value)
+        if os.getpriority(os.PRIO_PROCESS, 0) != nice:
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+        if os.sched_getaffinity(0) != cpus:
+            os.sched_setaffinity(0, cpus)
+        return os.sched_getscheduler(0) == policy
+    except (OSError, ValueError):
+        return False
 
 
 def _sock_exact(sock, n):
@@ -226,26 +259,21 @@ def _sock_exact(sock, n):
 # ---------------------------------------------------------------- the server
 
 class Server:
-    def __init__(self, fd_in, fd_out, isolated):
-        self.fd_in, self.fd_out, self.isolated = fd_in, fd_out, isolated
+    def __init__(self, fd_in, fd_out, isolated, zygote, ctrl):
+        self.fd_in, self.fd_out, self.isolated, self.zygote, self.ctrl = fd_in, fd_out, isolated, zygote, ctrl
         if isolated:
             self.cwd = "/tmp"                       # a private tmpfs, emptied after every job
+            self.roots = {d: os.stat(d) for d in ("/tmp", "/dev/shm")}
         else:
             import tempfile
             self.cwd = tempfile.mkdtemp(prefix="rank-unsafe-")
+            self.roots = {self.cwd: os.stat(self.cwd)}
         import ctypes, fcntl, resource  # noqa: F401  (the rest of WARM is loaded by the zygote only)
-        set_dumpable(not isolated)
         signal.signal(signal.SIGALRM, _on_alarm)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)    # as PID 1, handled signals are all C could send
-        self.ctrl, zctrl = socket.socketpair()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         self.ctrl.settimeout(5)                     # a zygote that stops answering is treated as dead
         self.broken = False
-        self.zygote = os.fork()
-        if self.zygote == 0:
-            self.ctrl.close()
-            keep_fds({zctrl.fileno(): zctrl.fileno()})
-            zygote_main(zctrl)
-        zctrl.close()
+        self.own = _own_state()
 
     def serve(self):
         send(self.fd_out, {"k": "hello", "pid": os.getpid()})
@@ -254,11 +282,11 @@ class Server:
                 job = recv(self.fd_in)
             except Closed:
                 if not self.isolated:
-                    _empty_dir(self.cwd)
+                    _empty_dir(self.cwd, self.roots[self.cwd])
                     os.rmdir(self.cwd)
                 return
             try:
-                if self.broken or self.zygote_gone():
+                if self.broken or not _restore_state(self.own):
                     raise Closed()
                 self.spawn_candidate(job)
                 report, c_pid = self.run(job)
@@ -271,12 +299,6 @@ class Server:
                 return
             send(self.fd_out, report)
             self.cleanup(c_pid)             # after the report, before the next job is read
-
-    def zygote_gone(self):
-        try:
-            return os.waitpid(self.zygote, os.WNOHANG)[0] != 0
-        except ChildProcessError:                   # already reaped by _reap
-            return True
 
     def spawn_candidate(self, job):
         """Have the zygote fork C; keep the tester's ends of the pipes and the output memfd."""
@@ -293,62 +315,45 @@ class Server:
         # C's pid is read after the tests: the zygote's fork overlaps with planning the tests.
 
     def run(self, job):
-        """Run the job's tests against the C spawn_candidate started -> (report, C's pid)."""
-        lim, start, prefetch = job["limits"], self.start, True
+        """Run the job's tests against the C spawn_candidate started -> (report, C's pid). Once: a job
+        is never re-run, so a candidate cannot be asked the same thing twice."""
+        lim, start = job["limits"], self.start
         deadline = start + lim["job_timeout_s"]
-        while True:
-            link = Link(self.req_w, self.resp_r)
-            report = {"k": "result", "id": job["id"], "outcomes": [], "errors": [], "total": None,
-                      "load": None, "setup": None, "bad_test": None, "job_timeout": False, "done": False}
-            _ARMED[0] = deadline
-            signal.setitimer(signal.ITIMER_REAL, max(0.001, deadline - time.monotonic()), 0.05)
-            try:
-                run_tests(job, lim, link, report, prefetch)
-                retry = False
-            except JobTimeout:
-                report["job_timeout"], retry = True, False
-            except PrefetchMismatch:
-                retry = True
-            finally:
-                _ARMED[0] = None
-                signal.setitimer(signal.ITIMER_REAL, 0, 0)
-            c_pid = self.candidate_pid()
-            if c_pid is None and self.broken and not link.heard:
-                for fd in (self.req_w, self.resp_r, self.out):
-                    os.close(fd)
-                raise Closed()              # the zygote died before forking C: retry on a new worker
-            if c_pid is not None:                   # before the report: the host may close us then
-                try:
-                    (os.kill if self.isolated else os.killpg)(c_pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-            for fd in (self.req_w, self.resp_r):
+        link = Link(self.req_w, self.resp_r)
+        report = {"k": "result", "id": job["id"], "outcomes": [], "errors": [], "total": None,
+                  "load": None, "setup": None, "bad_test": None, "job_timeout": False, "done": False}
+        _ARMED[0] = deadline
+        signal.setitimer(signal.ITIMER_REAL, max(0.001, deadline - time.monotonic()), 0.05)
+        try:
+            run_tests(job, lim, link, report)
+        except JobTimeout:
+            report["job_timeout"] = True
+        except PrefetchMismatch:                    # a planning bug: no verdict rather than a wrong one
+            plan_tests(job).prefetch = None
+            report.update(bad_test="error", done=False)
+            report["errors"].append("harness error: the tests made a call their plan did not predict")
+        finally:
+            _ARMED[0] = None
+            signal.setitimer(signal.ITIMER_REAL, 0, 0)
+        c_pid = self.candidate_pid()
+        if c_pid is None and not link.heard:
+            for fd in (self.req_w, self.resp_r, self.out):
                 os.close(fd)
-            if retry and self.broken:               # no fresh C to rerun on: blame this candidate
-                report.update(outcomes=[], load="error", done=False)
-                report["errors"] = ["the candidate stopped or killed the sandbox's zygote"]
-            if not retry or self.broken:
-                break
-            plan_tests(job).prefetch = prefetch = None      # this plan's calls are not predictable
-            os.close(self.out)
-            self.cleanup(c_pid)
-            self.spawn_candidate(job)
+            raise Closed()                          # the zygote died before forking C: retry on a new worker
+        if c_pid is not None:                       # before the report: the host may close us then
+            try:
+                (os.kill if self.isolated else os.killpg)(c_pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        for fd in (self.req_w, self.resp_r):
+            os.close(fd)
         report["stdout"] = self.read_output(self.out, job.get("output_limit", 4096))
         os.close(self.out)
         report["duration_s"] = time.monotonic() - start
         return report, c_pid
 
     def candidate_pid(self):
-        """C's pid from the zygote; None (and the worker marked broken) if the zygote was stopped or
-        killed before it could say: the job still gets its verdict, the next job a fresh worker."""
-        import select
-        if not select.select([self.ctrl], [], [], 0)[0]:    # not sent yet (the zygote may be stopped):
-            if self.isolated:
-                self._kill_namespace(wait=False)            # C cannot stop it again once it is
-            try:
-                os.kill(self.zygote, signal.SIGCONT)        # resumed
-            except ProcessLookupError:
-                pass
+        """C's pid from the zygote; None (and the worker marked broken) if it could not say."""
         try:
             return struct.unpack(">q", _sock_exact(self.ctrl, 8))[0]
         except (OSError, Closed, struct.error):
@@ -356,76 +361,41 @@ class Server:
             return None
 
     def cleanup(self, c_pid):
-        """Kill C and everything it started; leave nothing for the next job to meet."""
-        if c_pid is not None:
-            try:
-                os.kill(c_pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if self.isolated:
-            if c_pid is not None:
-                _wait_exit(c_pid, 1.0)      # then the scan below usually finds nothing in one pass
-            self._kill_namespace()
-            try:
-                os.kill(self.zygote, signal.SIGCONT)    # in case C stopped it
-            except ProcessLookupError:
-                pass
-            for d in ("/tmp", "/dev/shm"):
-                _empty_dir(d)
-            _remove_sysv_ipc()
-        else:
+        """Leave nothing for the next job to meet: no process but the server and the zygote, empty
+        writable file systems (whatever their modes and nesting), no SysV IPC object."""
+        if not self.isolated:
             if c_pid is not None:
                 try:
                     os.killpg(c_pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
-            _empty_dir(self.cwd)
+            _empty_dir(self.cwd, self.roots[self.cwd])
+            return
+        if c_pid is not None:
+            _wait_exit(c_pid, 1.0)          # C was killed with the report; usually alone
+        if not self._kill_all():
+            self.broken = True              # something would not die: the next job gets a fresh worker
+        for root, st in self.roots.items():
+            if not _empty_dir(root, st):
+                self.broken = True
+        _remove_sysv_ipc()
 
-    def _kill_namespace(self, wait=True):
-        """SIGKILL every process but PID 1 and the zygote, pass after pass, until a pass finds none it
-        has not already killed (a process with SIGKILL pending runs no more user code and cannot fork:
-        the kernel aborts a fork whose parent has a fatal signal pending). Then wait, up to 2 s, for
-        the dying to be gone, so the next job does not even see them in /proc."""
-        keep, killed = {1, os.getpid(), self.zygote}, set()
-        give_up = time.monotonic() + 2.0
-        for _ in range(100000):
-            found = 0
-            for entry in os.listdir("/proc"):
-                if not entry.isdigit() or int(entry) in keep or int(entry) in killed:
-                    continue
-                try:
-                    with open(f"/proc/{entry}/stat", "rb") as fh:
-                        state = fh.read().rsplit(b")", 1)[1].split()[0]
-                except (OSError, IndexError):
-                    continue
-                if state in (b"Z", b"X"):
-                    continue
-                found += 1
-                killed.add(int(entry))
-                try:
-                    os.kill(int(entry), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            self._reap()
-            if not found:
-                if not wait or not killed or time.monotonic() > give_up:
-                    return
-                killed = {pid for pid in killed if _alive(pid)}
-                if not killed:
-                    return
-                time.sleep(0.0002)
-
-    def _reap(self):
-        """As PID 1 the server inherits every orphan: collect the dead (leaving a dead zygote's status
-        for zygote_gone)."""
+    def _kill_all(self):
+        """SIGKILL every process of the namespace but PID 1 (the zygote) and this one: `kill(-1)` leaves
+        no gap for a scan to miss. Then wait, up to 2 s, until /proc lists no other process (the zygote,
+        as PID 1, reaps them), so the next job meets none of their resources. False if some remain."""
+        me, give_up = os.getpid(), time.monotonic() + 2.0
         while True:
             try:
-                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-            except ChildProcessError:
-                return
-            if info is None or info.si_pid == self.zygote:
-                return
-            os.waitpid(info.si_pid, 0)
+                os.kill(-1, signal.SIGKILL)
+            except ProcessLookupError:      # nothing to signal
+                pass
+            left = [p for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, me)]
+            if not left:
+                return True
+            if time.monotonic() > give_up:
+                return False
+            time.sleep(0.0002)
 
     @staticmethod
     def read_output(fd, limit):
@@ -433,15 +403,6 @@ class Server:
         data = os.pread(fd, limit * 4, 0) if size else b""
         text = data.decode("utf-8", "replace")[:limit]
         return text + (f"\n...[truncated, {size} bytes in all]" if size > len(text) else "")
-
-
-def _alive(pid):
-    """True while `pid` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return fh.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
-    except (OSError, IndexError):
-        return False
 
 
 def _wait_exit(pid, timeout):
@@ -487,34 +448,93 @@ def _remove_sysv_ipc():
                 getattr(_LIBC[0], rm)(ipc_id, 0, None)
 
 
-def _empty_dir(root):
-    """Delete everything under `root` (iteratively: a candidate may nest directories very deep)."""
-    stack, dirs = [root], []
-    while stack:
-        path = stack.pop()
-        try:
-            if path != root:
-                os.chmod(path, 0o700)
-            names = os.listdir(path)
-        except OSError:
-            continue
-        for name in names:
-            full = os.path.join(path, name)
+def _empty_dir(root, st):
+    """Delete everything under `root` and give `root` back its mode and times (from `st`) without its
+    extended attributes, whatever a candidate did: modes that forbid reading or writing, directories
+    nested deeper than PATH_MAX, odd names, hard links. Works on directory fds, one level at a time:
+    a non-empty subdirectory's subdirectories are moved up to `root` and taken later, so no path grows
+    and at most two fds are open. Call only when no other process is left. False if anything remains."""
+    import stat as S
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        os.chmod(fd, S.S_IMODE(st.st_mode) | S.S_IRWXU)
+        moved = 0
+        for _ in range(1 << 20):                # each pass removes or flattens; the inode limit bounds it
+            names = os.listdir(fd)
+            if not names:
+                break
+            for name in names:
+                moved = _remove_entry(fd, name, moved)
+        os.chmod(fd, S.S_IMODE(st.st_mode))
+        for attr in os.listxattr(fd):
+            os.removexattr(fd, attr)
+        os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+        return not os.listdir(fd)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _remove_entry(root_fd, name, moved):
+    """Remove `name` from the directory `root_fd`: unlink it, or rmdir it once its own subdirectories
+    are moved up to `root_fd` (under fresh names) and its files unlinked. Returns the moved count."""
+    import stat as S
+    try:
+        if not S.S_ISDIR(os.stat(name, dir_fd=root_fd, follow_symlinks=False).st_mode):
+            os.unlink(name, dir_fd=root_fd)
+            return moved
+        os.chmod(name, 0o700, dir_fd=root_fd)
+        sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=root_fd)
+    except OSError:
+        return moved
+    try:
+        for child in os.listdir(sub):
             try:
-                if os.path.isdir(full) and not os.path.islink(full):
-                    stack.append(full)
-                    dirs.append(full)
+                if S.S_ISDIR(os.stat(child, dir_fd=sub, follow_symlinks=False).st_mode):
+                    os.chmod(child, 0o700, dir_fd=sub)      # moving a directory rewrites its '..'
+                    while True:
+                        moved += 1
+                        try:
+                            os.rename(child, f".rank-{moved}", src_dir_fd=sub, dst_dir_fd=root_fd)
+                            break
+                        except FileExistsError:
+                            continue
+                        except OSError as e:
+                            if e.errno not in (20, 39):     # ENOTDIR, ENOTEMPTY: that name is taken
+                                raise
                 else:
-                    os.unlink(full)
+                    os.unlink(child, dir_fd=sub)
             except OSError:
                 pass
-    for path in reversed(dirs):
-        try:
-            os.rmdir(path)
-        except OSError:
-            pass
+    finally:
+        os.close(sub)
+    try:
+        os.rmdir(name, dir_fd=root_fd)
+    except OSError:
+        pass
+    return moved
 
 
 def main(argv):
-    """argv: FD_IN FD_OUT MODE ("isolated" inside bubblewrap, "unsafe" without)."""
-    Server(int(argv[0]), int(argv[1]), argv[2] == "isolated").serve()
+    """argv: FD_IN FD_OUT MODE ("isolated" inside bubblewrap, as PID 1; "unsafe" without)."""
+    fd_in, fd_out, isolated = int(argv[0]), int(argv[1]), argv[2] == "isolated"
+    set_dumpable(not isolated)
+    ctrl, zctrl = socket.socketpair()
+    if isolated:                        # PID 1 becomes the zygote; the server is its first child
+        server = os.fork()
+        if server == 0:
+            zctrl.close()
+            Server(fd_in, fd_out, True, 1, ctrl).serve()
+            os._exit(0)
+        ctrl.close()
+        os.close(fd_in), os.close(fd_out)
+        keep_fds({zctrl.fileno(): zctrl.fileno()})
+        zygote_main(zctrl, server_pid=server)
+    zygote = os.fork()
+    if zygote == 0:
+        ctrl.close()
+        keep_fds({zctrl.fileno(): zctrl.fileno()})
+        zygote_main(zctrl)
+    zctrl.close()
+    Server(fd_in, fd_out, False, zygote, ctrl).serve()

@@ -1,7 +1,7 @@
 """Language runners for rank.sandbox: how to start a warm worker for a language inside the sandbox.
 
 `RUNNERS` maps a language name to a Runner. A runner names the interpreter to launch and the argv of its
-in-sandbox server, which speaks the framed JSON protocol of rank/_sandbox_wire.py on two inherited fds.
+in-sandbox server, which speaks the framed JSON protocol of rank/sandbox/wire.py on two inherited fds.
 Python is built in. A JavaScript runner (node, as MultiPL-E does) would add a `node` server speaking the
 same protocol and register itself here as RUNNERS["javascript"].
 """
@@ -17,20 +17,21 @@ from typing import Protocol
 
 # The in-sandbox server: these modules' sources travel on the command line (the sandbox uid may not be
 # able to read this package, e.g. under /root), and BOOT installs them as modules, in this order.
-SERVER_MODULES = ("_sandbox_wire", "_sandbox_plan", "_sandbox_tester", "_sandbox_server")
+SERVER_MODULES = ("wire", "plan", "tester", "seccomp", "server")
 BOOT = """
 import sys, types
-package = types.ModuleType("rank")
-package.__path__ = []
-sys.modules["rank"] = package
+for name in ("rank", "rank.sandbox"):
+    sys.modules[name] = types.ModuleType(name)
+    sys.modules[name].__path__ = []
+package = sys.modules["rank.sandbox"]
 names = %r
 for name, source in zip(names, sys.argv[4:]):
-    module = types.ModuleType("rank." + name)
-    module.__file__ = "<rank/%%s.py>" %% name
+    module = types.ModuleType("rank.sandbox." + name)
+    module.__file__ = "<rank/sandbox/%%s.py>" %% name
     sys.modules[module.__name__] = module
     setattr(package, name, module)
     exec(compile(source, module.__file__, "exec"), module.__dict__)
-sys.modules["rank._sandbox_server"].main(sys.argv[1:4])
+sys.modules["rank.sandbox.server"].main(sys.argv[1:4])
 """ % (SERVER_MODULES,)
 
 

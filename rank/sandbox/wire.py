@@ -2,7 +2,7 @@
 
 Standard library only. Messages are 4-byte big-endian lengths followed by JSON. Values from a candidate
 cross as a tagged JSON of plain data and are decoded into exact built-in types (see `encode`, `_hook`);
-nothing is ever unpickled. Imported by the host and, as source, inside the sandbox (rank/runners.py).
+nothing is ever unpickled. Imported by the host and, as source, inside the sandbox (rank/sandbox/runners.py).
 """
 import json
 import os
@@ -140,9 +140,25 @@ def encode(x, depth=0):
 _TYPES = {t.__name__: t for t in (int, float, str, bytes, bool, list, tuple, dict, set, frozenset, complex)}
 
 
+def _set(items):
+    """set(items), one insert at a time: crafted hash collisions make a single set() call quadratic in
+    C, where the job timer (a signal) cannot interrupt it; between inserts it can."""
+    out = set()
+    for x in items:
+        out.add(x)
+    return out
+
+
+def _dict(pairs):
+    out = {}
+    for k, w in pairs:
+        out[k] = w
+    return out
+
+
 _TAGS = {
-    "i": lambda v: int(v, 16), "F": float, "t": tuple, "f": frozenset, "s": set,
-    "d": lambda v: {k: w for k, w in v}, "b": bytes.fromhex, "c": lambda v: complex(*v),
+    "i": lambda v: int(v, 16), "F": float, "t": tuple, "f": lambda v: frozenset(_set(v)), "s": _set,
+    "d": _dict, "b": bytes.fromhex, "c": lambda v: complex(*v),
     "T": lambda v: _TYPES[v],
 }
 
@@ -161,22 +177,21 @@ def _hook(obj):
         raise ValueError("malformed value") from None
 
 
-def strict_eq(a, b):
-    """`==` in test asserts: bool is not a number, list is not tuple; int and float compare by value."""
-    ta, tb = type(a), type(b)
-    if ta is bool or tb is bool:
-        return ta is tb and a == b
-    if ta in (int, float) and tb in (int, float):
-        return a == b
-    if ta in (list, tuple) and tb in (list, tuple):
-        return ta is tb and len(a) == len(b) and all(strict_eq(x, y) for x, y in zip(a, b))
-    if ta is dict and tb is dict:
-        return a.keys() == b.keys() and all(strict_eq(a[k], b[k]) for k in a)
-    return a == b
+def clean_text(x, n):
+    """At most `n` characters of a string from anywhere (a candidate's message, its output), safe to
+    encode as UTF-8 (lone surrogates escaped); anything that is not a str is not shown."""
+    if type(x) is not str:
+        return f"<{type(x).__name__}>"
+    x = x[:n]
+    try:
+        x.encode("utf-8")
+        return x
+    except UnicodeEncodeError:
+        return x.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _short(e, n=500):
     try:
-        return str(e)[:n]
-    except BaseException:
+        return clean_text(str(e), n)
+    except Exception:
         return "<unprintable exception>"

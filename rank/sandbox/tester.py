@@ -4,14 +4,11 @@ Every program function is a Proxy: a call sends `["call", name, args, kwargs]` t
 answer into exact built-ins, so the asserts run here, on plain data, out of the candidate's reach.
 """
 import builtins
-import sys
 import time
 
-from rank._sandbox_plan import plan_tests
-from rank._sandbox_wire import (Closed, Reader, Timeout, Unsupported, _hook, _short, encode, frame,
-                                strict_eq, write_all)
-
-_BUILTIN_NAMES = frozenset(dir(builtins))
+from rank.sandbox.plan import plan_tests
+from rank.sandbox.wire import (Closed, Reader, Timeout, Unsupported, _hook, _short, clean_text, encode,
+                               frame, write_all)
 
 
 class CandidateError(Exception):
@@ -28,19 +25,34 @@ class Link:
     def __init__(self, req_w, resp_r):
         self.req_w, self.resp_r, self.deadline, self.dead = req_w, resp_r, None, None
         self.reader = Reader(resp_r)
-        self.pending, self.mismatch = None, False
+        self.pending, self.step = None, 0
         self.heard = False                  # any message from C: proof that C existed
 
     def prefetch(self, plan):
         """Send the plan's calls now: C answers them back to back and the tests consume the answers in
-        order. Exact only if the tests then make exactly these calls in this order; any deviation raises
-        PrefetchMismatch and the server reruns the job on a fresh C without prefetching."""
+        order. The plan holds only calls that every completed step makes, unconditionally and in this
+        order; a step cut short by an exception leaves its remaining answers, which `end_step` reads
+        and drops. Nothing is ever re-run."""
         import collections
         try:
-            write_all(self.req_w, b"".join(plan.prefetch))
+            write_all(self.req_w, b"".join(c for _, c in plan.prefetch))
         except OSError:                 # C already gone (e.g. a compile error); its last words are read later
             return
         self.pending = collections.deque(plan.prefetch)
+
+    def end_step(self, cut_short):
+        """Move on to the next step. A step cut short by an exception may leave answers to its
+        prefetched calls: read and drop them, so the next step reads its own answers. A step that
+        completed has made all of them (else the plan was wrong: PrefetchMismatch)."""
+        if not cut_short and self.pending and self.pending[0][0] == self.step:
+            raise PrefetchMismatch()
+        while self.pending and self.pending[0][0] == self.step and not self.dead:
+            self.pending.popleft()
+            try:
+                self.read()
+            except CandidateError:
+                break
+        self.step += 1
 
     def read(self):
         """Next message from C, decoded into exact built-ins (a list), or CandidateError."""
@@ -56,7 +68,7 @@ class Link:
             self.dead = ("timeout", "time limit exceeded")
         except Closed:
             self.dead = ("error", "the candidate process exited")
-        except (ValueError, TypeError, RecursionError, MemoryError) as e:
+        except (ValueError, TypeError, RecursionError, MemoryError, OverflowError) as e:
             self.dead = ("error", f"unreadable answer from the candidate: {type(e).__name__}")
         raise CandidateError(*self.dead)
 
@@ -68,9 +80,8 @@ class Link:
         except Unsupported as e:
             raise CandidateError("unsupported", f"test passes a value that is not plain data: {e}")
         if self.pending is not None:
-            if self.mismatch or not self.pending or self.pending[0] != data:
-                self.mismatch = True
-                raise PrefetchMismatch()
+            if not self.pending or self.pending[0] != (self.step, data):
+                raise PrefetchMismatch()            # a planning bug, never the candidate's doing
             self.pending.popleft()
         else:
             try:
@@ -82,14 +93,14 @@ class Link:
         if answer[0] == "ok" and len(answer) == 2:
             return answer[1]
         if answer[0] == "err" and len(answer) == 3:
-            kind, message = str(answer[1]), str(answer[2])
+            kind, message = clean_text(answer[1], 100), clean_text(answer[2], 500)
             raise CandidateError("memory" if kind == "MemoryError" else "error", f"{kind}: {message}")
         self.dead = ("error", "unreadable answer from the candidate")
         raise CandidateError(*self.dead)
 
 
 class PrefetchMismatch(BaseException):
-    """The tests did not make the prefetched calls in order (see Link.prefetch)."""
+    """The tests made a call the plan did not predict (see Link.prefetch): a harness bug."""
 
 
 class Proxy:
@@ -103,39 +114,40 @@ class Proxy:
         return f"<candidate function {self.__name__}>"
 
 
-# Modules the program imported are re-imported here by name (never the candidate's object), so tests that
-# lean on the program's `import math` work; only standard modules without side effects on import.
 _NO_IMPORT = {"antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "webbrowser", "pydoc",
               "ensurepip", "venv", "lib2to3", "__main__"}
 
 
-def exported_names(job, plan, program, link):
-    """Program names as the test code sees them: functions as proxies to C, small constants as plain
-    values, modules re-imported. A program name that shadows a builtin (`def abs(x): return 0` would make
-    `assert abs(f(x) - y) < eps` pass) is exported only if it is the function under test: the
-    entry point, or else the one program function that every snippet calls."""
+def exported_names(plan, program, link):
+    """The candidate's names as the test code sees them: a proxy for each function the plan says the
+    candidate supplies (decided from the job, never from the program), and the server's own import of
+    a standard module the tests read and the program imported under its own name (`import math`).
+    Nothing else of the program: no values, no other functions, no builtin it shadows."""
     import importlib
-    shadowing = _BUILTIN_NAMES & program.keys()
-    allowed = {job["entry_point"]} if job.get("entry_point") else set()
-    if not allowed:
-        called = {n for n in plan.called_everywhere if n in program and program[n][1] == "f"}
-        allowed = called if len(called) == 1 else set()
     out = {}
-    for name, item in program.items():
-        if name in shadowing and name not in allowed:
+    for name in plan.candidate:
+        if program.get(name) == "f":
+            out[name] = Proxy(link, name)
+    for name in plan.modules:
+        if program.get(name) == ("m", name) and name not in _NO_IMPORT:
+            try:
+                out[name] = importlib.import_module(name)
+            except Exception:
+                pass
+    return out
+
+
+def program_names(ready):
+    """{name: "f" | ("m", module name)} from C's "ready" list; anything malformed is ignored."""
+    program = {}
+    for item in ready[:100000]:
+        if type(item) is not list or len(item) < 2 or type(item[0]) is not str or len(item[0]) > 200:
             continue
         if item[1] == "f":
-            out[name] = Proxy(link, name)
-        elif item[1] == "m":
-            module = str(item[2]) if len(item) == 3 else ""
-            if module.split(".")[0] in sys.stdlib_module_names and module.split(".")[0] not in _NO_IMPORT:
-                try:
-                    out[name] = importlib.import_module(module)
-                except Exception:
-                    pass
-        elif item[1] == "v" and len(item) == 3:
-            out[name] = item[2]
-    return out
+            program[item[0]] = "f"
+        elif item[1] == "m" and len(item) == 3 and type(item[2]) is str and len(item[2]) <= 200:
+            program[item[0]] = ("m", item[2])
+    return program
 
 
 class JobTimeout(BaseException):
@@ -151,7 +163,7 @@ def _on_alarm(signum, frame):
         raise JobTimeout()
 
 
-def run_tests(job, lim, link, report, prefetch=True):
+def run_tests(job, lim, link, report):
     """Run the job's tests in this (the server's) process against C through `link`, filling `report`.
     Test code is trusted to be honest but not to be well behaved: it runs in a fresh namespace, under a
     job timer, and only ever sees plain data from the candidate."""
@@ -164,7 +176,7 @@ def run_tests(job, lim, link, report, prefetch=True):
         report["errors"].append(f"the test source is unusable: {type(e).__name__}: {_short(e)}")
         return
     report["total"] = sum(1 for label, _ in tests if label is not None)
-    if plan.prefetch and prefetch:
+    if plan.prefetch:
         link.prefetch(plan)                             # queued while C is still loading the program
     link.deadline = time.monotonic() + timeout
     try:
@@ -178,21 +190,22 @@ def run_tests(job, lim, link, report, prefetch=True):
         if len(ready) > 1 and ready[1] == "MemoryError":
             outcome = "memory"
         report["load"] = outcome
-        report["errors"].append(": ".join(str(x) for x in ready[1:])[:1000])
+        report["errors"].append(": ".join(clean_text(x, 500) for x in ready[1:4]))
         return
     report["load"] = "ok"
-    ns = {"__name__": "__main__", "__builtins__": dict(builtins.__dict__), "__rank_eq__": strict_eq}
-    program = {item[0]: item for item in ready[1]
-               if type(item) is list and len(item) in (2, 3) and type(item[0]) is str and not
-               item[0].startswith("__")}
-    exported = exported_names(job, plan, program, link)
-    ns.update(exported)
-    if plan.free is not None:       # a snippet that uses only builtins checks nothing of the program
-        tests = [(label if label and (free - _BUILTIN_NAMES or free & exported.keys()) else None, code)
-                 for (label, code), free in zip(tests, plan.free)]
-        report["total"] = sum(1 for label, _ in tests if label is not None)
+    ns = {"__name__": "__main__", "__builtins__": dict(builtins.__dict__)}
     try:
         link.deadline = time.monotonic() + timeout
+        if plan.prompt is not None:                     # helpers the prompt implements: the server's own
+            exec(plan.prompt, ns)
+    except JobTimeout:
+        raise
+    except BaseException as e:
+        report["bad_test"] = "error"
+        report["errors"].append(f"the prompt's own code failed: {type(e).__name__}: {_short(e)}")
+        return
+    ns.update(exported_names(plan, program_names(ready[1]), link))
+    try:
         for code in setup:
             exec(code, ns)
     except (JobTimeout, PrefetchMismatch):
@@ -201,6 +214,7 @@ def run_tests(job, lim, link, report, prefetch=True):
         report["setup"] = e.outcome if isinstance(e, CandidateError) else "error"
         report["errors"].append(f"test setup failed: {type(e).__name__}: {_short(e)}")
         return
+    link.end_step(cut_short=False)
     for label, code in tests:
         link.deadline = time.monotonic() + timeout
         try:
@@ -214,6 +228,8 @@ def run_tests(job, lim, link, report, prefetch=True):
             outcome, message = "fail", f"AssertionError: {_short(e)}"
         except BaseException as e:
             outcome, message = "error", f"{type(e).__name__}: {_short(e)}"
+        if outcome != "timeout":
+            link.end_step(cut_short=outcome != "pass")
         if label is None:                              # a setup step between asserts
             if outcome != "pass":
                 report["setup"] = outcome
@@ -225,6 +241,6 @@ def run_tests(job, lim, link, report, prefetch=True):
             report["errors"].append(f"{label}: {message}")
         if outcome == "timeout":
             return                                      # C is stuck; the rest count as not passed
-    if link.mismatch or link.pending:
+    if link.pending:
         raise PrefetchMismatch()
     report["done"] = True
