@@ -86,6 +86,7 @@ class EvolveConfig:
 @dataclass
 class SampleConfig:
     shard_size: int = 64             # problems per resumable shard (per model)
+    include_reference: bool = False  # add each problem's reference solution as a teacher response
 
 
 @dataclass
@@ -120,8 +121,8 @@ class TrainConfig:
     layout: Literal["auto", "prefix", "packed", "naive"] = "auto"
     deepspeed: str | None = None     # zero2 | zero3 | zero3_offload | path to a JSON
     launcher: Literal["inprocess", "torchrun", "ray"] = "inprocess"
-    num_workers: int = 1             # processes (torchrun) or workers (Ray Train)
-    num_gpus_per_node: int = 8       # for --dry-run's memory estimate
+    num_workers: int = 1             # processes (torchrun) or workers (Ray Train): the data-parallel world size
+    num_gpus_per_node: int = 0       # 0: train on CPU; else one GPU per worker (num_workers = this x num_nodes)
     num_nodes: int = 1
 
 
@@ -145,6 +146,19 @@ class EvalConfig:
 
 
 @dataclass
+class PlanConfig:
+    """The assumptions of --dry-run's time estimate (printed beside it; change them to your setup)."""
+    prompts: int = 68000             # problems sampled when data.source is not on disk (PanGu-Coder2's 68K,
+                                     # arXiv:2307.14936 §4.1); a file on disk is counted instead
+    prompt_tokens: int = 200         # mean tokens per prompt
+    response_tokens: int = 300       # mean tokens per response (each model stops before max_new_tokens)
+    gpu: str = "A100-80GB"
+    peak_tflops: float = 312.0       # dense bf16 peak of that GPU (A100: 312)
+    mfu: float = 0.35                # model FLOPs utilisation reached in training
+    sample_tokens_per_s_per_gpu: float = 2000.0   # generated tokens/s per GPU (vLLM batch decoding)
+
+
+@dataclass
 class RunConfig:
     name: str = "tiny"
     base: str = "tiny"
@@ -160,3 +174,4 @@ class RunConfig:
     rank: RankConfig = field(default_factory=RankConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)

@@ -69,6 +69,13 @@ class Sampler:
         return rows
 
 
+def reference_candidates(problems) -> list[Candidate]:
+    """Each problem's reference solution as a teacher response (sample.include_reference); it is
+    executed like any candidate, so a wrong reference ranks low."""
+    return [Candidate(id=Candidate.make_id(p.id, "reference", {}, 0), problem_id=p.id, model="reference",
+                      role="teacher", text=p.reference, code=p.reference) for p in problems if p.reference]
+
+
 def actor_resources(spec: Any) -> dict:
     """Ray actor options for a model entry: what its backend needs (GPUs for vllm, hf on cuda). Call
     after Ray is up: an hf entry with device "auto" asks for a GPU when the cluster has one."""

@@ -30,7 +30,7 @@ from typing import Any, Callable, Protocol
 from evol import tasks as T
 from evol.llm_evolve import LLM_OPERATORS, LLMOperator
 from evol.reasons import Rejection, count_by
-from rank.plugins import resolve
+from rank.plugins import resolve, resolve_instance
 from rank.records import Lineage, Problem, content_id
 
 MAX_DEPTH = 5   # deeper compositions stop being "small function" tasks
@@ -129,12 +129,7 @@ OPERATORS: dict[str, Operator] = _builtin_operators()
 
 def resolve_operator(name: str) -> Operator:
     """A built-in by name, or a user's 'package.module:name' (an Operator or an apply function)."""
-    obj = resolve(OPERATORS, name, "evolution operator")
-    if isinstance(obj, Operator):
-        return obj
-    if callable(obj):
-        return Operator(name, obj, None)
-    raise ValueError(f"evolution operator {name!r} is neither an Operator nor a callable")
+    return resolve_instance(OPERATORS, name, "evolution operator", Operator, lambda n, fn: Operator(n, fn, None))
 
 
 # ------------------------------------------------------------ the loop

@@ -1,12 +1,12 @@
-"""Run untrusted candidate programs against unit tests and return honest verdicts (DESIGN.md §7).
+"""The harness side of rank.sandbox: jobs, configuration, verdicts and the pool of sandbox workers.
 
     from rank.sandbox import Sandbox, SandboxConfig, Job
     with Sandbox(SandboxConfig(workers=2, timeout_s=5.0)) as sb:
         verdicts = sb.run([Job(id="c1", code="def f(x):\\n    return x+1\\n", tests=["assert f(1) == 2"])])
 
-Each worker is one bubblewrap sandbox (no network, read-only minimal root, private /tmp and /dev/shm, own
-PID namespace, started as an unprivileged uid) holding a warm fork-server (rank/sandbox/server.py and its
-helpers wire, plan, tester);
+Each worker is one bubblewrap sandbox (no network, read-only minimal root, private /tmp and /dev/shm
+bounded in bytes and inodes, own PID namespace, a syscall filter, started as an unprivileged uid)
+holding a warm fork-server (rank/sandbox/server.py and its helpers wire, plan, tester, seccomp);
 workers run in parallel threads of this process. The threat model and its tests: docs/sandbox.md.
 Timeouts: `timeout_s` bounds the program's top level and each test separately; `job_timeout_s` bounds
 a whole job. CLI: python -m rank.execute --in IN.jsonl --out OUT.jsonl
@@ -225,7 +225,7 @@ class _Worker:
         if self.config.unsafe:
             return server
         c = self.config
-        # --as-pid-1: the server itself is PID 1, which the kernel shields from every signal it has no
+        # --as-pid-1: the zygote is PID 1, which the kernel shields from every signal it has no
         # handler for (SIGKILL and SIGSTOP included) when sent from inside the namespace.
         argv = [c.bwrap] + (["--seccomp", str(fd_filter)] if fd_filter is not None else [])
         argv += ["--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
@@ -242,7 +242,9 @@ class _Worker:
             argv += ["--ro-bind", prefix, prefix]
         uid, gid = (c.uid, c.gid) if os.geteuid() == 0 else (os.getuid(), os.getgid())
         argv += ["--uid", str(uid), "--gid", str(gid), "--cap-drop", "ALL",
-                 "--proc", "/proc", "--dev", "/dev", "--bind", f"{_SCRATCH}/s", "/dev/shm",
+                 "--proc", "/proc", "--ro-bind", "/dev/null", "/proc/keys",      # as Docker masks it
+                 "--ro-bind", "/dev/null", "/proc/key-users",
+                 "--dev", "/dev", "--bind", f"{_SCRATCH}/s", "/dev/shm",
                  "--remount-ro", "/dev", "--bind", f"{_SCRATCH}/t", "/tmp", "--remount-ro", "/",
                  "--chdir", "/tmp", "--"]
         argv[0] = shutil.which(c.bwrap) or c.bwrap
@@ -469,7 +471,7 @@ class Sandbox:
             if kind == "stalled":
                 return Verdict(job.id, "timeout", 0, job.declared_total(), duration, "",
                                "the sandbox worker stopped responding; it was killed")
-            # The server is PID 1 of its namespace: a candidate cannot kill it, so this is the harness.
+            # The candidate filter keeps signals from the server and PID 1: this is the harness.
             return Verdict(job.id, "sandbox_error", 0, job.declared_total(), duration, "",
                            "the sandbox worker died during the run"
                            + (f"; its stderr: {report['stderr'][-500:]}" if report.get("stderr") else ""))

@@ -186,6 +186,7 @@ def zygote_main(ctrl, server_pid=None):
     """Fork one C per request on `ctrl` (code + the C-side fds); answer with its pid. Exits when the
     server closes `ctrl`. `server_pid`: the process C's filter must not signal (isolated mode)."""
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)       # children (and, as PID 1, orphans) reaped by the kernel
+    signal.signal(signal.SIGINT, signal.SIG_IGN)        # PID 1 gets only signals it handles: handle none
     for name in WARM:                                   # what candidates commonly import, loaded once
         __import__(name)
     if server_pid is not None:
@@ -258,6 +259,11 @@ def _sock_exact(sock, n):
 
 # ---------------------------------------------------------------- the server
 
+class _NoCandidate(Exception):
+    """The worker cannot run this job and no candidate code has run for it: the host retries it on a
+    fresh worker. Any other failure after C started is an internal error, never a second run."""
+
+
 class Server:
     def __init__(self, fd_in, fd_out, isolated, zygote, ctrl):
         self.fd_in, self.fd_out, self.isolated, self.zygote, self.ctrl = fd_in, fd_out, isolated, zygote, ctrl
@@ -287,13 +293,16 @@ class Server:
                 return
             try:
                 if self.broken or not _restore_state(self.own):
-                    raise Closed()
-                self.spawn_candidate(job)
+                    raise _NoCandidate()
+                try:
+                    self.spawn_candidate(job)
+                except (OSError, Closed, struct.error) as e:    # socket.timeout is an OSError
+                    raise _NoCandidate() from e
                 report, c_pid = self.run(job)
-            except (OSError, Closed, struct.error):         # socket.timeout is an OSError
+            except _NoCandidate:                            # no candidate code ran: the host may retry
                 send(self.fd_out, {"k": "broken", "e": "the zygote is gone; restart the worker"})
                 return
-            except Exception:                               # a harness bug: never the candidate's fault
+            except Exception:               # a harness bug: never the candidate's fault, never re-run
                 import traceback
                 send(self.fd_out, {"k": "internal", "e": traceback.format_exc()[-2000:]})
                 return
@@ -339,7 +348,7 @@ class Server:
         if c_pid is None and not link.heard:
             for fd in (self.req_w, self.resp_r, self.out):
                 os.close(fd)
-            raise Closed()                          # the zygote died before forking C: retry on a new worker
+            raise _NoCandidate()                    # the zygote died before forking C: retry on a new worker
         if c_pid is not None:                       # before the report: the host may close us then
             try:
                 (os.kill if self.isolated else os.killpg)(c_pid, signal.SIGKILL)
