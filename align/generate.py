@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -24,6 +23,7 @@ from align.backends import (BACKENDS, DEFAULT_STOP, Backend, BackendError, Backe
                             BackendUnavailable, Prompt, SamplingParams, backend_resources, check_backend,
                             load_backend, truncate_at_stop)
 from align.backends.hf import HFBackend  # noqa: F401
+from rank.records import append_jsonl
 
 
 def _options(a: argparse.Namespace) -> dict[str, Any]:
@@ -49,14 +49,11 @@ def _resume(out: Path, n: int, params: dict[str, Any]) -> set[str]:
     """Problem ids that already have `n` candidates in OUT. A partial last line (a killed write) is
     cut off and the rows of problems with fewer than `n` candidates are dropped, so they are redone;
     rows sampled with other parameters are an error (nothing in OUT is overwritten)."""
-    from rank.records import Candidate, iter_jsonl, write_jsonl
+    from rank.records import Candidate, cut_torn_tail, iter_jsonl, write_jsonl
 
     if not out.exists():
         return set()
-    data = out.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with open(out, "r+b") as fh:
-            fh.truncate(data.rfind(b"\n") + 1)
+    cut_torn_tail(out)
     rows = list(iter_jsonl(out, Candidate))
     other = next((r for r in rows if r.params != params), None)
     if other is not None:
@@ -67,14 +64,6 @@ def _resume(out: Path, n: int, params: dict[str, Any]) -> set[str]:
     if len(done) < len(count):
         write_jsonl(out, [r for r in rows if r.problem_id in done])
     return done
-
-
-def _append(path: Path, rows: list[dict]) -> None:
-    """Append whole lines and fsync: a kill loses at most the chunk being written (see _resume)."""
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -131,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for start in range(0, len(todo), a.chunk):
             chunk = todo[start:start + a.chunk]
             rows = sampler.sample([dataclasses.asdict(p) for p in chunk])
-            _append(a.out, rows)
+            append_jsonl(a.out, rows)
             written += len(rows)
             progress.update(len(chunk))
         usage = dict(getattr(sampler.backend, "usage", {}))

@@ -127,8 +127,11 @@ def resolve_ref(ref: str, build_options: dict | None = None, log=print) -> str:
     """What `from_pretrained` loads for `ref`: a built entry's local checkpoint (built once, cached),
     a registered hub id, or `ref` itself (a path or another hub id)."""
     entry = find(ref)
-    if entry is None:
-        return ref
+    return ref if entry is None else materialize(entry, build_options, log)
+
+
+def materialize(entry: ModelEntry, build_options: dict | None = None, log=print) -> str:
+    """A local checkpoint for a built entry (its `build` function, cached), else the hub id."""
     if entry.build:
         return str(resolve({}, entry.build, "model builder")(entry, build_options or {}, log))
     return entry.source
@@ -143,7 +146,7 @@ def build_tiny(entry: ModelEntry, options: dict, log=print) -> str:
     return str(models.student_path if entry.name == "tiny:student" else models.teacher_path)
 
 
-def build_config(entry: ModelEntry) -> Any:
+def transformers_config(entry: ModelEntry) -> Any:
     """The transformers config from the registry's numbers (nothing downloaded)."""
     import transformers
 
@@ -164,7 +167,7 @@ def count_parameters(entry: ModelEntry) -> tuple[int, int]:
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(build_config(entry))
+        model = AutoModelForCausalLM.from_config(transformers_config(entry))
     total = sum({id(p): p.numel() for p in model.parameters()}.values())
     largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
     return total, largest

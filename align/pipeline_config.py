@@ -55,8 +55,14 @@ class DataConfig:
     min_depth: int = 1
     max_depth: int = 3
     seed: int = 0
+    # Benchmarks whose test problems are removed from the problems (evol.decontam specs); None =
+    # HumanEval plus the run's eval benchmarks. Report: decontamination.json.
+    decontaminate: list[str] | None = None
+    dedup_threshold: float = 0.7     # MinHash/Jaccard near-duplicate threshold among evolved problems
 
     def __post_init__(self) -> None:
+        if not 0 < self.dedup_threshold <= 1:
+            raise ValueError(f"dedup_threshold must be in (0, 1], got {self.dedup_threshold}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
 
@@ -64,13 +70,23 @@ class DataConfig:
 @dataclass
 class EvolveConfig:
     rounds: int = 1
-    operators: list[str] | None = None   # None = every built-in Evol-Instruct operator
+    operators: list[str] | None = None   # None = every built-in Evol-Instruct operator (evol.evolve.OPERATORS)
     seed: int = 0
+    # The model that evolves problems which are not built-in tasks: "student", "teachers[0]", the ref of
+    # one of the run's models, or an entry of its own ({ref, backend: openai, options: {base_url}, ...}).
+    model: ModelSpec | None = None
+    framing: str = "wizardcoder"         # wizardcoder | contest (PanGu-Coder2 §3.2): evol.llm_evolve.FRAMINGS
+    agreement_samples: int = 0           # solutions sampled per evolved problem for CodeT agreement (0 = off)
+
+    def __post_init__(self) -> None:
+        if self.agreement_samples < 0:
+            raise ValueError(f"agreement_samples must be >= 0, got {self.agreement_samples}")
 
 
 @dataclass
 class SampleConfig:
     shard_size: int = 64             # problems per resumable shard (per model)
+    include_reference: bool = False  # add each problem's reference solution as a teacher response
 
 
 @dataclass
@@ -101,10 +117,12 @@ class TrainConfig:
     trl: dict[str, Any] = field(default_factory=dict)         # -> only the fields trl.DPOConfig/SFTConfig add
     lora: dict[str, Any] | None = None                        # -> peft.LoraConfig
     model_init_kwargs: dict[str, Any] = field(default_factory=dict)  # -> from_pretrained (dtype, attn_implementation)
+    # rrtf/rrhf: how the k responses share their prompt (align/train/packing.py); auto = decided by a probe
+    layout: Literal["auto", "prefix", "packed", "naive"] = "auto"
     deepspeed: str | None = None     # zero2 | zero3 | zero3_offload | path to a JSON
     launcher: Literal["inprocess", "torchrun", "ray"] = "inprocess"
-    num_workers: int = 1             # processes (torchrun) or workers (Ray Train)
-    num_gpus_per_node: int = 8       # for --dry-run's memory estimate
+    num_workers: int = 1             # processes (torchrun) or workers (Ray Train): the data-parallel world size
+    num_gpus_per_node: int = 0       # 0: train on CPU; else one GPU per worker (num_workers = this x num_nodes)
     num_nodes: int = 1
 
 
@@ -128,6 +146,19 @@ class EvalConfig:
 
 
 @dataclass
+class PlanConfig:
+    """The assumptions of --dry-run's time estimate (printed beside it; change them to your setup)."""
+    prompts: int = 68000             # problems sampled when data.source is not on disk (PanGu-Coder2's 68K,
+                                     # arXiv:2307.14936 §4.1); a file on disk is counted instead
+    prompt_tokens: int = 200         # mean tokens per prompt
+    response_tokens: int = 300       # mean tokens per response (each model stops before max_new_tokens)
+    gpu: str = "A100-80GB"
+    peak_tflops: float = 312.0       # dense bf16 peak of that GPU (A100: 312)
+    mfu: float = 0.35                # model FLOPs utilisation reached in training
+    sample_tokens_per_s_per_gpu: float = 2000.0   # generated tokens/s per GPU (vLLM batch decoding)
+
+
+@dataclass
 class RunConfig:
     name: str = "tiny"
     base: str = "tiny"
@@ -143,3 +174,4 @@ class RunConfig:
     rank: RankConfig = field(default_factory=RankConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)

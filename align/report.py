@@ -91,7 +91,8 @@ def funnel(root: Path, train_rows: int | None) -> list[tuple[str, int]]:
     rejected = read_jsonl(root / "rejected.jsonl") if (root / "rejected.jsonl").exists() else []
     seeds = sum(1 for p in problems if not p.get("lineage", {}).get("round"))
     rows = [("seed problems kept", seeds), ("evolved problems kept", len(problems) - seeds)]
-    for reason, n in Counter(_reason(str(r.get("reason", ""))) for r in rejected).most_common():
+    # rows carry a reason code (evol/reasons.py); older runs only a reason text
+    for reason, n in Counter(r.get("code") or _reason(str(r.get("reason", ""))) for r in rejected).most_common():
         rows.append((f"rejected: {reason}", n))
     rows.append(("problems sampled", len(problems)))
     if (root / "ranked.jsonl").exists():

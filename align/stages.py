@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from align.pipeline_config import DataConfig, EvolveConfig
+from align.pipeline_config import DataConfig
 from align.templates import generate as generate_texts, get_template
 from rank.records import Candidate, Problem, RankedGroup, ScoredResponse, Verdict, from_dict
 from rank.strategies import get_strategy
@@ -34,14 +34,6 @@ def heldout_problems(cfg: DataConfig) -> list[Problem]:
 
     return load_source("tasks@heldout", cfg.n_heldout, seed=cfg.seed + 1, min_depth=cfg.min_depth,
                        max_depth=cfg.max_depth)
-
-
-def evolve_problems(seeds: list[Problem], cfg: EvolveConfig):
-    """Evol-Instruct rounds over the seeds; returns (problems incl. seeds, rejected rows)."""
-    from evol.evolve import evolve
-
-    res = evolve(seeds, rounds=cfg.rounds, operators=cfg.operators, seed=cfg.seed)
-    return res.problems, res.rejected
 
 
 # ------------------------------------------------------------------ sampling
@@ -75,6 +67,13 @@ class Sampler:
                     problem_id=p.id, model=self.model_name, role=self.role, text=text,
                     code=self.template.extract(p, text), params=self.params_dict)))
         return rows
+
+
+def reference_candidates(problems) -> list[Candidate]:
+    """Each problem's reference solution as a teacher response (sample.include_reference); it is
+    executed like any candidate, so a wrong reference ranks low."""
+    return [Candidate(id=Candidate.make_id(p.id, "reference", {}, 0), problem_id=p.id, model="reference",
+                      role="teacher", text=p.reference, code=p.reference) for p in problems if p.reference]
 
 
 def actor_resources(spec: Any) -> dict:

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from align.prompting import EOS, format_prompt, is_code
 from rank.extract import extract_code
-from rank.plugins import resolve
+from rank.plugins import resolve_instance
 from rank.records import Problem
 
 # The triple-quote format ends where the next spec, a script guard or a top-level print starts.
@@ -96,12 +96,7 @@ TEMPLATES: dict[str, Template] = {t.name: t for t in [
 
 def get_template(name: str) -> Template:
     """A built-in template or a user's `package.module:name`; unknown names fail with a suggestion."""
-    found = resolve(TEMPLATES, name, "prompt template")
-    if isinstance(found, Template):
-        return found
-    if callable(found):
-        return Template(name, found, PANGU_STOP)
-    raise TypeError(f"prompt template {name!r} is neither a Template nor a function Problem -> str")
+    return resolve_instance(TEMPLATES, name, "prompt template", Template, lambda n, fn: Template(n, fn, PANGU_STOP))
 
 
 def generate(backend: Any, template: Template, problems: list[Problem], params: Any) -> list[list[str]]:

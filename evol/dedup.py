@@ -1,20 +1,16 @@
-"""Exact and near-duplicate removal, and decontamination against benchmark prompts. Pure Python.
+"""Exact and near-duplicate removal among generated problems. Pure Python.
 
     kept, dropped = exact_dedup(problems)
     kept, dropped = near_dedup(kept, threshold=0.7)
-    kept, dropped = decontaminate(kept, benchmark_texts(humaneval + mbpp))
-    python -m evol.dedup problems.jsonl --against humaneval:PATH mbpp:PATH     # summary of what goes
+    python -m evol.dedup problems.jsonl --against humaneval mbpp:PATH@test     # summary of what goes
+
+Decontamination against benchmarks is evol/decontam.py; `dedup_and_decontaminate` runs all three.
 
 Every function returns (kept rows, dropped rows) with a reason per dropped row; order is kept
 and the first of a group of duplicates survives. Rows are Problems, dicts or strings.
 - Near duplicates: Jaccard similarity of 5-token shingles, candidates found with MinHash + LSH
   and then checked exactly, the scheme of BigCode's near-deduplication for StarCoder
   (arXiv:2305.06161; 5-grams and a 0.7 threshold are the defaults here).
-- Decontamination: a row's prompt goes if it shares any 10-word n-gram with a benchmark prompt, or
-  contains a benchmark text of 3..9 words whole: DeepSeek-Coder's rule (arXiv:2401.14196, §2.1).
-  Words, not punctuation tokens: 10 tokens of code are a common idiom ("for i in range(1, n"), not a leak. StarCoder
-  removed files containing HumanEval/MBPP docstrings or solutions verbatim (arXiv:2305.06161);
-  the n-gram rule also catches those after whitespace and case changes.
 """
 from __future__ import annotations
 
@@ -22,7 +18,7 @@ import hashlib
 import random
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 _WORD = re.compile(r"\w+")
@@ -42,12 +38,6 @@ def row_text(row: Any) -> str:
     if isinstance(row, dict):
         return row["prompt"]
     return row.prompt
-
-
-def row_full_text(row: Any) -> str:
-    """Prompt and reference solution: what could leak a benchmark into training data."""
-    ref = row.get("reference") if isinstance(row, dict) else getattr(row, "reference", None)
-    return row_text(row) + ("\n" + ref if ref else "")
 
 
 def _row_id(row: Any, index: int) -> str:
@@ -79,13 +69,14 @@ def jaccard(a: set, b: set) -> float:
     return len(a & b) / len(a | b) if a or b else 1.0
 
 
-def exact_dedup(rows: Sequence[Any], key: Callable[[Any], str] = row_text) -> tuple[list, list[Dropped]]:
-    """Drop rows whose normalised text equals an earlier row's."""
+def exact_dedup(rows: Sequence[Any], key: Callable[[Any], str] = row_text,
+                droppable: Callable[[Any], bool] = lambda row: True) -> tuple[list, list[Dropped]]:
+    """Drop rows whose normalised text equals an earlier row's (unless `droppable(row)` is False)."""
     seen: dict[str, str] = {}
     kept, dropped = [], []
     for i, row in enumerate(rows):
         h = hashlib.sha1(normalize(key(row)).encode()).hexdigest()
-        if h in seen:
+        if h in seen and droppable(row):
             dropped.append(Dropped(row, f"exact duplicate of {seen[h]} (normalised text)"))
         else:
             seen[h] = _row_id(row, i)
@@ -113,11 +104,13 @@ class MinHash:
 
 
 def near_dedup(rows: Sequence[Any], key: Callable[[Any], str] = row_text, threshold: float = 0.7,
-               n: int = 5, num_perm: int = 64, band_rows: int = 4, seed: int = 0) -> tuple[list, list[Dropped]]:
+               n: int = 5, num_perm: int = 64, band_rows: int = 4, seed: int = 0,
+               droppable: Callable[[Any], bool] = lambda row: True) -> tuple[list, list[Dropped]]:
     """Drop rows whose n-token-shingle Jaccard similarity with an earlier kept row is >= threshold.
 
     LSH with bands of `band_rows` (16 bands of 4 by default) proposes pairs with similarity around
     (1/16)^(1/4) = 0.5 and up; each proposal is then checked exactly, so MinHash only saves comparisons.
+    Rows for which `droppable(row)` is False (e.g. a user's seed problems) are always kept.
     """
     if not 0 < threshold <= 1:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
@@ -131,7 +124,7 @@ def near_dedup(rows: Sequence[Any], key: Callable[[Any], str] = row_text, thresh
         bands = mh.bands(mh.signature(sh))
         candidates = sorted({j for band in bands for j in buckets.get(band, ())})
         best = max(((jaccard(sh, kept_shingles[j]), j) for j in candidates), default=(0.0, -1))
-        if best[0] >= threshold:
+        if best[0] >= threshold and droppable(row):
             dropped.append(Dropped(row, f"near duplicate of {kept_ids[best[1]]} (jaccard {best[0]:.2f})"))
             continue
         for band in bands:
@@ -142,45 +135,30 @@ def near_dedup(rows: Sequence[Any], key: Callable[[Any], str] = row_text, thresh
     return kept, dropped
 
 
-def benchmark_texts(problems: Iterable[Any], references: bool = False) -> list[str]:
-    """The texts of benchmark problems to decontaminate against: their prompts, and with
-    `references` their solutions too (then pass `key=row_full_text` to check rows' solutions)."""
-    out = []
-    for p in problems:
-        out.append(row_text(p))
-        ref = p.get("reference") if isinstance(p, dict) else getattr(p, "reference", None)
-        if references and ref:
-            out.append(ref)
-    return out
+def dedup_and_decontaminate(rows: Sequence[Any], benchmarks: Sequence[str] = (), threshold: float = 0.7,
+                            index: Any = None, droppable: Callable[[Any], bool] = lambda row: True
+                            ) -> tuple[list, list[dict], dict]:
+    """Exact, then near (MinHash) dedup, then decontamination against `benchmarks` (specs of
+    evol.decontam) or a prebuilt `index`. Returns kept rows, dropped rows as
+    {id, code, detail} (codes "duplicate" and "contaminated") and the decontamination report.
+    Dedup never drops a row for which `droppable(row)` is False; decontamination drops any row."""
+    from evol.decontam import BenchmarkIndex, decontaminate
 
-
-def decontaminate(rows: Sequence[Any], benchmark: Iterable[str], key: Callable[[Any], str] = row_text,
-                  n: int = 10, min_tokens: int = 3) -> tuple[list, list[Dropped]]:
-    """Drop rows sharing an n-word n-gram with any benchmark text, or containing a short one
-    (min_tokens..n-1 words) whole; shorter benchmark texts are ignored as too common to mean anything."""
-    index: dict[tuple[str, ...], int] = {}
-    short: list[tuple[str, int]] = []
-    for b, text in enumerate(benchmark):
-        toks = words(text)
-        if len(toks) >= n:
-            for g in ngrams(toks, n):
-                index.setdefault(g, b)
-        elif len(toks) >= min_tokens:
-            short.append((f" {' '.join(toks)} ", b))
-    kept, dropped = [], []
-    for row in rows:
-        toks = words(key(row))
-        hit = next((g for g in ngrams(toks, n) if len(g) == n and g in index), None)
-        if hit is not None:
-            dropped.append(Dropped(row, f"shares a {n}-gram with benchmark text #{index[hit]}: {' '.join(hit)!r}"))
-            continue
-        padded = f" {' '.join(toks)} "
-        whole = next((b for s, b in short if s in padded), None)
-        if whole is not None:
-            dropped.append(Dropped(row, f"contains benchmark text #{whole} whole"))
-            continue
-        kept.append(row)
-    return kept, dropped
+    kept, d1 = exact_dedup(rows, droppable=droppable)
+    kept, d2 = near_dedup(kept, threshold=threshold, droppable=droppable)
+    dropped = [{"id": _row_id(d.row, -1), "code": "duplicate", "detail": d.reason} for d in d1 + d2]
+    report: dict = {"checked": len(kept), "removed": 0, "benchmarks": {}}
+    if index is None and benchmarks:
+        index = BenchmarkIndex.load(benchmarks)
+    if index is not None:
+        before = {_row_id(r, -1): r for r in kept}
+        kept, report = decontaminate(kept, index)
+        for name, b in report["benchmarks"].items():
+            dropped += [{"id": m["row_id"], "code": "contaminated",
+                         "detail": f"{m['rule']} overlap with {name} {m['benchmark_id']}: {m['text'][:120]!r}"}
+                        for m in b["matches"] if m["row_id"] in before]
+    report["exact_duplicates"], report["near_duplicates"] = len(d1), len(d2)
+    return kept, dropped, report
 
 
 if __name__ == "__main__":
@@ -191,10 +169,8 @@ if __name__ == "__main__":
 
     ap = argparse.ArgumentParser(description="Dedup and decontaminate a Problem JSONL (prints a summary).")
     ap.add_argument("problems")
-    ap.add_argument("--against", nargs="*", default=[], help="benchmark sources, e.g. humaneval:PATH mbpp:PATH")
+    ap.add_argument("--against", nargs="*", default=[], help="benchmarks, e.g. humaneval mbpp:PATH@test")
     a = ap.parse_args()
-    rows = load_source(a.problems)
-    rows, d1 = exact_dedup(rows)
-    rows, d2 = near_dedup(rows)
-    rows, d3 = decontaminate(rows, benchmark_texts([p for s in a.against for p in load_source(s)]))
-    print(json.dumps({"kept": len(rows), "exact": len(d1), "near": len(d2), "contaminated": len(d3)}))
+    kept, dropped, rep = dedup_and_decontaminate(load_source(a.problems), a.against)
+    print(json.dumps({"kept": len(kept), "exact": rep["exact_duplicates"], "near": rep["near_duplicates"],
+                      "contaminated": rep["removed"]}))

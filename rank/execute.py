@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from rank.records import Problem, RecordError, iter_lines
+from rank.records import Problem, RecordError, append_jsonl, cut_torn_tail, iter_lines
 from rank.sandbox import Job, Sandbox, SandboxConfig, SandboxUnavailable, job_for
 
 
@@ -63,13 +63,9 @@ def done_ids(path: str) -> set[str]:
     """Ids already in OUT. A last line torn by a crash is cut off so appends stay line-aligned."""
     if not os.path.exists(path):
         return set()
-    with open(path, "rb+") as fh:
-        data = fh.read()
-        keep = data.rfind(b"\n") + 1
-        if keep < len(data):
-            fh.truncate(keep)
+    cut_torn_tail(path)
     ids = set()
-    for raw in data[:keep].splitlines():
+    for raw in Path(path).read_bytes().splitlines():
         try:
             ids.add(json.loads(raw)["id"])
         except (ValueError, KeyError, TypeError):
@@ -128,13 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     progress = _Progress(len(jobs), len(jobs) - len(todo))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     try:
-        with Sandbox(config) as sb, open(args.out, "a", encoding="utf-8") as out:
+        with Sandbox(config) as sb:
             for _, v in sb.iter_run(todo):
                 row = {"id": v.candidate_id, "status": v.status, "passed": v.passed, "total": v.total,
                        "duration_s": v.duration_s, "stdout": v.stdout, "error": v.error}
-                # ASCII with escapes: ids and outputs may hold lone surrogates, which UTF-8 cannot encode
-                out.write(json.dumps(row) + "\n")
-                out.flush()
+                # flushed per verdict; not fsynced (6 ms each here): a process kill loses nothing written
+                append_jsonl(args.out, [row], fsync=False)
                 progress.update()
     except SandboxUnavailable as e:
         print(f"rank.execute: {e}", file=sys.stderr)

@@ -42,3 +42,14 @@ def resolve(table: Mapping[str, Any], name: str, kind: str) -> Any:
         f"unknown {kind} {name!r}{suggest(name, table)}; built-ins: {', '.join(sorted(table))}; "
         f"or give your own as 'package.module:name'"
     )
+
+
+def resolve_instance(table: Mapping[str, Any], name: str, kind: str, cls: type, wrap: Any) -> Any:
+    """`resolve`, for extension points whose entries are `cls` objects: an instance is returned as it
+    is, a plain function is wrapped as `wrap(name, function)`; anything else is a ValueError."""
+    found = resolve(table, name, kind)
+    if isinstance(found, cls):
+        return found
+    if callable(found):
+        return wrap(name, found)
+    raise ValueError(f"{kind} {name!r} is neither a {cls.__name__} nor a function")

@@ -221,3 +221,28 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> int:
             fh.write(json.dumps(r if isinstance(r, dict) else dataclasses.asdict(r), ensure_ascii=False) + "\n")
             n += 1
     return n
+
+
+def append_jsonl(path: str | os.PathLike, rows: Iterable[Any], *, fsync: bool = True) -> int:
+    """Append rows as whole lines and flush (and fsync): the writer of resumable outputs, which a rerun
+    extends (`python -m rank.execute`, `python -m align.generate`). A kill loses at most the lines being
+    written; `cut_torn_tail` removes a partial last line before the rerun appends. ASCII JSON, so any
+    str (a lone surrogate in a program's output included) can be written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(r if isinstance(r, dict) else dataclasses.asdict(r)) + "\n" for r in rows)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        if fsync:
+            os.fsync(fh.fileno())
+    return text.count("\n")
+
+
+def cut_torn_tail(path: str | os.PathLike) -> None:
+    """Cut a partial last line (left by a killed `append_jsonl`) off `path`, so appends stay line-aligned."""
+    with open(path, "rb+") as fh:
+        data = fh.read()
+        keep = data.rfind(b"\n") + 1
+        if keep < len(data):
+            fh.truncate(keep)

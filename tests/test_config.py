@@ -18,6 +18,11 @@ def test_there_are_presets_for_every_registry_base():
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_preset_loads_and_passes_through_checks(path):
+    if path.stem == "self_instruct":     # the dataset job has its own config (align.recipes.self_instruct)
+        from align.recipes.self_instruct import load_files
+        cfg = load_files([path])
+        assert cfg.base == path.parent.name
+        return
     cfg = load(RunConfig, [path])
     assert cfg.method == path.stem
     assert cfg.base == path.parent.name

@@ -74,9 +74,6 @@ _IN_PLACE_WRITES = (".write_text(", ".write_bytes(", "os.replace(", "os.rename("
 _ALLOWED_WRITES = {
     "rank/records.py": "the one atomic writer",
     "align/tiny.py": "renames a whole finished build directory into the cache (os.replace of a directory)",
-    "rank/execute.py": "appends one verdict line per finished job; a rerun drops a torn last line and skips done ids",
-    "align/generate.py": "the sampling CLI appends each chunk's candidates; a rerun drops a torn last line and "
-                         "the rows of unfinished problems, and skips finished problems",
     "rank/sandbox/server.py": "writes no artifact: moves a candidate's nested directories up while emptying /tmp",
 }
 
@@ -90,6 +87,8 @@ def test_one_atomic_writer():
                 continue
             for n, line in enumerate(f.read_text().splitlines(), 1):
                 code = line.split("#", 1)[0]
+                if "/proc/" in code:          # kernel interfaces (the sandbox's uid_map), not artifacts
+                    continue
                 if any(w in code for w in _IN_PLACE_WRITES) or re.search(r"open\([^)]*['\"][wax]b?['\"]", code):
                     offenders.append(f"{rel}:{n}: {line.strip()}")
     assert not offenders, "write artifacts with rank.records.write_atomic / write_jsonl:\n" + "\n".join(offenders)

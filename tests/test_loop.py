@@ -82,7 +82,7 @@ def test_dry_run_plans_starcoder_without_weights(capsys):
     rrtf.main(["--base", "starcoder-15b", "--dry-run"])
     out = capsys.readouterr().out
     assert "bigcode/starcoder" in out and "ZeRO stage 3" in out
-    assert "global batch: 4 per device x 16 accumulation x 8 GPU(s) = 512" in out
+    assert "global batch: 4 per device x 16 accumulation x 8 worker(s) = 512 prompts" in out
     assert "per GPU" in out or "per_gpu" in out
 
 

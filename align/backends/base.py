@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, Union, runtime_checkable
 
 from align.prompting import EOS
+from align.tokenization import prompt_ids
 from rank.plugins import suggest
-from rank.records import RecordError, from_dict
+from rank.typed import FieldError, build
 
 # Top-level code after the quoted spec is finished when the next spec, a script guard or a
 # top-level print starts (the Codex stop set of arXiv:2107.03374, adapted to align.prompting).
@@ -82,6 +83,19 @@ def is_chat(prompt: Prompt) -> bool:
     raise TypeError(f"a prompt is a str or a list of {{'role', 'content'}} messages, got {prompt!r:.80}")
 
 
+def encode_prompt(tokenizer: Any, prompt: Prompt) -> list[int]:
+    """Token ids of one prompt for a Hugging Face tokenizer: text with the tokenizer's own special
+    tokens (BOS for Llama); chat messages through its chat template (which writes its own special
+    tokens, so none are added again). The hf and vllm backends both encode through here."""
+    if not is_chat(prompt):
+        return prompt_ids(tokenizer, prompt)   # align.tokenization: the one rule training uses too
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"chat prompt given but the tokenizer of {tokenizer.name_or_path!r} has no chat "
+                         f"template; use a text template (pangu, alpaca, completion) for this model")
+    text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 def parse_options(options_cls: type, backend: str, options: dict[str, Any],
                   extra: frozenset[str] = frozenset()) -> tuple[Any, dict[str, Any]]:
     """Validate `options` against the dataclass `options_cls` (types, then its __post_init__).
@@ -98,8 +112,7 @@ def parse_options(options_cls: type, backend: str, options: dict[str, Any],
             raise BackendOptionError(f"backend {backend!r}: unknown option {key!r}"
                                      f"{suggest(key, sorted(known | extra))}; valid: {', '.join(valid)}")
     try:
-        return from_dict(options_cls, own), passthrough
-    except RecordError as e:
-        raise BackendOptionError(f"backend {backend!r} options: {e}") from None
-    except ValueError as e:     # a range check in __post_init__
-        raise BackendOptionError(f"backend {backend!r}: {e}") from None
+        return build(options_cls, own), passthrough
+    except FieldError as e:     # a wrong type names the option; a range check in __post_init__ says its own
+        where = "" if e.field == options_cls.__name__ else f" option {e.field!r}:"
+        raise BackendOptionError(f"backend {backend!r}:{where} {e.message}") from None

@@ -66,7 +66,8 @@ class ResponseCache:
         Path(directory).mkdir(parents=True, exist_ok=True)
         self.path = Path(directory) / "responses.sqlite"
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        # Replicas in other processes may share the file: wait for their writes instead of failing.
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=60)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, answer TEXT NOT NULL)")
 

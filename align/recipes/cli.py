@@ -40,6 +40,8 @@ def parser(method: str, doc: str) -> argparse.ArgumentParser:
     p.add_argument("--ray-address", default=None, help="Ray cluster to join ('auto' on a cluster)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved plan and a per-GPU memory estimate; load no weights")
+    p.add_argument("--stand-in", action="store_true",
+                   help="run the preset on CPU with small random-init models of the same classes (align.standin)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value")
     return p
 
@@ -69,19 +71,47 @@ def check_names(cfg: RunConfig) -> None:
     checks = []
     for where, spec in [("models.student", cfg.models.student),
                         *((f"models.teachers[{i}]", t) for i, t in enumerate(cfg.models.teachers))]:
-        checks += [(f"{where}.ref", check_ref, spec.ref), (f"{where}.template", get_template, spec.template)]
+        checks.append((f"{where}.template", get_template, spec.template))
+        if spec.backend != "openai":   # an API's model name is the server's to check, not ours
+            checks.append((f"{where}.ref", check_ref, spec.ref))
         if hasattr(generate, "check_backend"):      # validates names and options without importing them
             checks.append((f"{where}.backend", lambda s: generate.check_backend(s.backend, s.options), spec))
         else:
             checks.append((f"{where}.backend", lambda name: resolve(generate.BACKENDS, name, "generation backend"),
                            spec.backend))
+    from align.datagen import evolve_spec
+    from evol.llm_evolve import FRAMINGS
+
+    if cfg.evolve.framing not in FRAMINGS:
+        raise ConfigError(f"evolve.framing: unknown framing {cfg.evolve.framing!r}"
+                          f"{suggest(cfg.evolve.framing, FRAMINGS)}; known: {', '.join(FRAMINGS)}")
+    try:
+        evolver = evolve_spec(cfg)      # evolve.model names one of the run's entries, or is one of its own
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if evolver is not None and evolver is cfg.evolve.model:
+        checks += [("evolve.model.ref", check_ref, evolver.ref),
+                   ("evolve.model.template", get_template, evolver.template),
+                   ("evolve.model.backend", lambda s: generate.check_backend(s.backend, s.options), evolver)]
     checks.append(("rank.strategy", get_strategy, cfg.rank.strategy))
+    checks.append(("train.num_workers", lambda t: _check_world(t), cfg.train))
     checks += [("evolve.operators", resolve_operator, op) for op in cfg.evolve.operators or []]
     for where, fn, arg in checks:
         try:
             fn(arg)
         except (UnknownNameError, ValueError, TypeError) as e:
             raise ConfigError(f"{where}: {e}") from None
+
+
+def _check_world(t) -> None:
+    """The plan's global batch and the launch's worker count come from one number (num_workers): with
+    GPUs, one worker per GPU, so a worker count that disagrees with the GPUs is refused."""
+    gpus = t.num_gpus_per_node * t.num_nodes
+    if t.launcher == "inprocess" and t.num_workers != 1:
+        raise ValueError(f"launcher inprocess runs 1 worker, not {t.num_workers}; use torchrun or ray")
+    if gpus and t.launcher != "inprocess" and t.num_workers != gpus:
+        raise ValueError(f"{t.num_workers} workers but num_gpus_per_node x num_nodes = {gpus} GPUs: "
+                         "training uses one GPU per worker, so the two must be equal")
 
 
 def check_passthrough(cfg: RunConfig) -> None:

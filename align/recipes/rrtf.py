@@ -31,12 +31,14 @@ from rank.plugins import UnknownNameError
 from rank.records import Candidate, Problem, RankedGroup, Verdict, read_jsonl, write_atomic, write_jsonl
 
 
-def resolve_models(cfg: RunConfig, log) -> dict[str, str]:
-    """Map each model reference to what `from_pretrained` loads (a built entry builds itself, once)."""
-    from align.models import resolve_ref
+def resolve_models(cfg: RunConfig, log, stand_ins: dict | None = None) -> dict[str, str]:
+    """Map each model reference to what `from_pretrained` loads (a built entry builds itself, once);
+    `stand_ins` replaces some references' entries (--stand-in)."""
+    from align.models import materialize, resolve_ref
 
-    specs = [cfg.models.student, *cfg.models.teachers]
-    return {s.ref: resolve_ref(s.ref, cfg.tiny, log) for s in specs}
+    stand_ins = stand_ins or {}
+    return {s.ref: materialize(stand_ins[s.ref], cfg.tiny, log) if s.ref in stand_ins
+            else resolve_ref(s.ref, cfg.tiny, log) for s in [cfg.models.student, *cfg.models.teachers]}
 
 
 def evaluate_model(problems: list[Problem], cfg: RunConfig, spec: ModelSpec, path: str) -> dict:
@@ -54,6 +56,26 @@ def evaluate_model(problems: list[Problem], cfg: RunConfig, spec: ModelSpec, pat
     return evaluate(problems, backend, params, sandbox, ks=cfg.eval.k, template=get_template(spec.template))
 
 
+class _EvalActor:
+    """One model's eval in its own Ray actor, placed where its backend's resources are (a GPU for
+    vllm, or hf on cuda), so the driver needs no GPU and each engine's memory is freed when it ends."""
+
+    def run(self, problems: list[Problem], cfg: RunConfig, spec: ModelSpec, path: str) -> dict:
+        return evaluate_model(problems, cfg, spec, path)
+
+
+def evaluate_in_actor(problems: list[Problem], cfg: RunConfig, spec: ModelSpec, path: str) -> dict:
+    """`evaluate_model` in a fresh Ray actor with the backend's resources; the actor is killed after."""
+    import ray
+
+    fanout.init_ray(cfg.ray_address, cfg.num_cpus)
+    (actor,) = fanout.start_actors(_EvalActor, (), 1, stages.actor_resources(spec))
+    try:
+        return ray.get(actor.run.remote(problems, cfg, spec, path))
+    finally:
+        ray.kill(actor)
+
+
 def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__) -> dict:
     p = cli.parser(method, doc)
     args = p.parse_args(argv)
@@ -63,6 +85,14 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
         p.exit(2, f"config error: {e}\n")
     if cfg.method != method:
         p.exit(2, f"config error: preset is for method {cfg.method!r}, this recipe runs {method!r}\n")
+    stand_ins: dict = {}
+    if args.stand_in:
+        from align import standin
+        try:
+            cfg, replaced, stand_ins = standin.apply(cfg)
+        except ConfigError as e:
+            p.exit(2, f"config error: {e}\n")
+        print("--stand-in replaced:\n" + "".join(f"  {line}\n" for line in replaced))
     if args.dry_run:
         from align.plan import describe
         print(describe(cfg))
@@ -76,20 +106,21 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
     log(f"run directory: {run.root}")
 
     # 1. Models: registry names / hub ids / paths; built entries (the tiny models) build once, cached.
-    models = resolve_models(cfg, log)
+    models = resolve_models(cfg, log, stand_ins)
     student = models[cfg.models.student.ref]
     teachers = [models[t.ref] for t in cfg.models.teachers]
 
-    # 2. Problems: seeds, Evol-Instruct rounds with lineage, held-out set for eval.
-    def make_problems() -> dict:
-        seeds = stages.seed_problems(cfg.data)
-        problems, rejected = stages.evolve_problems(seeds, cfg.evolve)
-        write_jsonl(run.path("problems.jsonl"), problems)
-        write_jsonl(run.path("rejected.jsonl"), rejected)
-        write_jsonl(run.path("heldout.jsonl"), stages.heldout_problems(cfg.data))
-        return {"seeds": len(seeds), "problems": len(problems), "rejected": len(rejected)}
-    run.stage("problems", config=[asdict(cfg.data), asdict(cfg.evolve)], inputs=[],
-              outputs=["problems.jsonl", "heldout.jsonl", "rejected.jsonl"], fn=make_problems)
+    # 2. Problems: seeds, Evol-Instruct rounds with lineage (evolve.model for non-built-in problems),
+    #    dedup and decontamination, held-out set for eval (align.datagen).
+    from align.datagen import evolve_spec, problems_stage
+    from align.models import resolve_ref
+
+    evolver = evolve_spec(cfg)
+    run.stage("problems", config=[asdict(cfg.data), asdict(cfg.evolve), asdict(cfg.execute),
+                                  evolver and models.get(evolver.ref, evolver.ref)], inputs=[],
+              outputs=["problems.jsonl", "heldout.jsonl", "rejected.jsonl", "decontamination.json",
+                       "datasets/problems"],
+              fn=lambda: problems_stage(cfg, run, lambda ref: models.get(ref) or resolve_ref(ref, cfg.tiny, log)))
     problems = {p.id: p for p in read_jsonl(run.path("problems.jsonl"), Problem)}
 
     # 3. Sample each model's responses with its own backend, template and sampling (Ray actors).
@@ -115,6 +146,8 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
             usage[spec.ref] = {k: sum(c.get(k, 0) for c in counts) for k in counts[0]} if counts else {}
             for a in actors:
                 ray.kill(a)
+        if cfg.sample.include_reference:
+            out += [asdict(c) for c in stages.reference_candidates(problems.values())]
         write_jsonl(run.path("candidates.jsonl"), out)
         return {"candidates": len(out), "usage": usage}
     run.stage("sample", config=[asdict(cfg.sample), [asdict(s) for s, _, _ in roles], models],
@@ -166,6 +199,12 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
     run.stage(f"train-{method}", config=[cfg.method, asdict(cfg.train), init],
               inputs=[run.path("ranked.jsonl")], outputs=[f"train/{method}"],
               fn=lambda: train_from_groups(cfg.train, method, groups, init, out_dir, cfg.ray_address))
+    # The training rows as a dataset (Parquet + JSONL + card) that `datasets.load_dataset` opens.
+    rows_file = run.path(f"train/{method}-rows.jsonl")
+    if rows_file.exists():
+        from align.datagen import publish_rows
+        run.stage(f"dataset-{method}-rows", config=[cfg.name, method], inputs=[rows_file],
+                  outputs=[f"datasets/{method}-rows"], fn=lambda: publish_rows(cfg, run, rows_file))
 
     # 7. pass@1 of the student before and after, and of the first teacher, each with its own backend
     #    and template: on the held-out problems and on each benchmark (eval.benchmarks; by default
@@ -188,7 +227,7 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
             result_path = run.path(f"eval/{stage}.json")
 
             def evaluate(path=path, stage=stage, result_path=result_path, data=data, spec=spec) -> dict:
-                res = evaluate_model(read_jsonl(run.path(data), Problem), cfg, spec, path)
+                res = evaluate_in_actor(read_jsonl(run.path(data), Problem), cfg, spec, path)
                 write_jsonl(run.path(f"eval/{stage}.jsonl"), res.pop("per_problem"))
                 write_atomic(result_path, json.dumps(res))
                 return {k: v for k, v in res.items() if k.startswith("pass@")}

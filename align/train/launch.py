@@ -29,6 +29,7 @@ def job_spec(train: Any, method: str, init: str, rows_path: str | Path, out_dir:
     options: dict[str, Any] = {}
     if rank:
         options["max_length"] = rank_max_length(train)
+        options["packing"] = train.layout          # align/train/layout_choice.py ("auto": probed once)
         if train.model_init_kwargs:
             options["model_init_kwargs"] = dict(train.model_init_kwargs)
     loss = {"loss": train.loss, **_fields(train.loss_args)} if rank else {}

@@ -1,12 +1,12 @@
-"""Run untrusted candidate programs against unit tests and return honest verdicts (DESIGN.md §7).
+"""The harness side of rank.sandbox: jobs, configuration, verdicts and the pool of sandbox workers.
 
     from rank.sandbox import Sandbox, SandboxConfig, Job
     with Sandbox(SandboxConfig(workers=2, timeout_s=5.0)) as sb:
         verdicts = sb.run([Job(id="c1", code="def f(x):\\n    return x+1\\n", tests=["assert f(1) == 2"])])
 
-Each worker is one bubblewrap sandbox (no network, read-only minimal root, private /tmp and /dev/shm, own
-PID namespace, started as an unprivileged uid) holding a warm fork-server (rank/sandbox/server.py and its
-helpers wire, plan, tester);
+Each worker is one bubblewrap sandbox (no network, read-only minimal root, private /tmp and /dev/shm
+bounded in bytes and inodes, own PID namespace, a syscall filter, started as an unprivileged uid)
+holding a warm fork-server (rank/sandbox/server.py and its helpers wire, plan, tester, seccomp);
 workers run in parallel threads of this process. The threat model and its tests: docs/sandbox.md.
 Timeouts: `timeout_s` bounds the program's top level and each test separately; `job_timeout_s` bounds
 a whole job. CLI: python -m rank.execute --in IN.jsonl --out OUT.jsonl
@@ -47,6 +47,7 @@ class SandboxConfig:
     file_mb: int = 16                # largest file (and captured output) a candidate may write
     open_files: int = 64
     tmp_mb: int = 64                 # size of the private /tmp and /dev/shm
+    tmp_inodes: int = 8192           # files and directories each of them may hold
     output_limit: int = 4096         # characters of stdout/error kept in a verdict
     unsafe: bool = False             # run without bubblewrap (rlimits + process group only); warns
     seccomp: bool = True             # the syscall filter (rank/sandbox/seccomp.py); off only to measure it
@@ -57,7 +58,8 @@ class SandboxConfig:
     gid: int = 65534
 
     def __post_init__(self):
-        for name in ("workers", "memory_mb", "procs", "file_mb", "open_files", "tmp_mb", "output_limit"):
+        for name in ("workers", "memory_mb", "procs", "file_mb", "open_files", "tmp_mb", "tmp_inodes",
+                     "output_limit"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"SandboxConfig.{name} must be a positive integer, got {value!r}")
@@ -74,8 +76,10 @@ class SandboxConfig:
 class Job:
     """One candidate program and its tests: independent snippets in `tests`, or a HumanEval-style
     `check(candidate)` function in `test` with `entry_point` (then `code` is the whole program).
-    With snippets, `entry_point` is optional: it names the function under test, which may then shadow
-    a builtin (`def sum(a, b)`); other program names that shadow builtins are hidden from the tests."""
+    Build it from a Problem with rank.sandbox.job_for. The tests take from the program only the
+    `entry_point` (for snippets optional: without it, the names they read but neither bind nor find
+    among the builtins) and the functions `prompt` declares without implementing; what `prompt`
+    implements runs in the server (docs/sandbox.md)."""
     id: str
     code: str
     tests: list[str] | None = None
@@ -169,6 +173,39 @@ def verdict_from_report(job: Job, report: dict, limit: int = 4096) -> Verdict:
 
 # ---------------------------------------------------------------- one sandboxed worker
 
+# bwrap (0.8) mounts a tmpfs with `size=` only, and the kernel's default inode limit is about three
+# million per mount: kernel memory a candidate could pin. So /tmp and /dev/shm are mounted before
+# bwrap, with `nr_inodes=` too, in a user and mount namespace of their own (unprivileged, as bwrap's
+# own), and bound into the sandbox; bwrap then starts as uid 0 of that namespace, so it is told the
+# sandbox uid and to drop every capability. argv: SIZE INODES BWRAP ARGS...
+_SCRATCH = "/dev/shm"       # an existing path of the host, covered only in that private namespace
+_MOUNT_TMPFS = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+def check(result, what):
+    if result != 0:
+        err = ctypes.get_errno()
+        sys.exit(f"rank.sandbox: {what} failed: {os.strerror(err)}")
+# a new anonymous session keyring: the sandbox does not even inherit the harness's (its filter also
+# denies every keyring call); ENOSYS: a kernel without keyrings has nothing to inherit
+keyctl = {"x86_64": 250, "aarch64": 219}.get(os.uname().machine)
+if keyctl is not None and libc.syscall(keyctl, 1, None) < 0 and ctypes.get_errno() != 38:
+    check(-1, "keyctl(KEYCTL_JOIN_SESSION_KEYRING)")
+uid, gid = os.getuid(), os.getgid()
+check(libc.unshare(0x10000000 | 0x00020000), "unshare(CLONE_NEWUSER | CLONE_NEWNS)")
+for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
+    fd = os.open(f"/proc/self/{name}", os.O_WRONLY)
+    os.write(fd, text.encode())
+    os.close(fd)
+check(libc.mount(None, b"/", None, 0x4000 | 0x40000, None), "making / private")
+check(libc.mount(b"tmpfs", b"%(scratch)s", b"tmpfs", 6, b"size=65536,nr_inodes=8,mode=0755"), "scratch tmpfs")
+options = f"size={sys.argv[1]},nr_inodes={sys.argv[2]},mode=1777".encode()
+for name in ("t", "s"):
+    os.mkdir(f"%(scratch)s/{name}")
+    check(libc.mount(b"tmpfs", f"%(scratch)s/{name}".encode(), b"tmpfs", 6, options), "tmpfs")
+os.execv(sys.argv[3], sys.argv[3:])
+""" % {"scratch": _SCRATCH}
+
 _FILTER: list[bytes] = []
 
 
@@ -193,7 +230,7 @@ class _Worker:
         if self.config.unsafe:
             return server
         c = self.config
-        # --as-pid-1: the server itself is PID 1, which the kernel shields from every signal it has no
+        # --as-pid-1: the zygote is PID 1, which the kernel shields from every signal it has no
         # handler for (SIGKILL and SIGSTOP included) when sent from inside the namespace.
         argv = [c.bwrap] + (["--seccomp", str(fd_filter)] if fd_filter is not None else [])
         argv += ["--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
@@ -208,11 +245,16 @@ class _Worker:
         prefix = runner.prefix(self.interpreter)
         if not prefix.startswith(("/usr/", "/bin/", "/lib")) and prefix != "/usr":
             argv += ["--ro-bind", prefix, prefix]
-        size = str(c.tmp_mb << 20)
-        argv += ["--proc", "/proc", "--dev", "/dev", "--size", size, "--tmpfs", "/dev/shm",
-                 "--remount-ro", "/dev", "--size", size, "--tmpfs", "/tmp", "--remount-ro", "/",
+        uid, gid = (c.uid, c.gid) if os.geteuid() == 0 else (os.getuid(), os.getgid())
+        argv += ["--uid", str(uid), "--gid", str(gid), "--cap-drop", "ALL",
+                 "--proc", "/proc", "--ro-bind", "/dev/null", "/proc/keys",      # as Docker masks it
+                 "--ro-bind", "/dev/null", "/proc/key-users",
+                 "--dev", "/dev", "--bind", f"{_SCRATCH}/s", "/dev/shm",
+                 "--remount-ro", "/dev", "--bind", f"{_SCRATCH}/t", "/tmp", "--remount-ro", "/",
                  "--chdir", "/tmp", "--"]
-        return argv + server
+        argv[0] = shutil.which(c.bwrap) or c.bwrap
+        return [self.interpreter, "-I", "-S", "-c", _MOUNT_TMPFS, str(c.tmp_mb << 20), str(c.tmp_inodes),
+                *argv, *server]
 
     def start(self) -> None:
         in_r, self.w = os.pipe()
@@ -434,7 +476,7 @@ class Sandbox:
             if kind == "stalled":
                 return Verdict(job.id, "timeout", 0, job.declared_total(), duration, "",
                                "the sandbox worker stopped responding; it was killed")
-            # The server is PID 1 of its namespace: a candidate cannot kill it, so this is the harness.
+            # The candidate filter keeps signals from the server and PID 1: this is the harness.
             return Verdict(job.id, "sandbox_error", 0, job.declared_total(), duration, "",
                            "the sandbox worker died during the run"
                            + (f"; its stderr: {report['stderr'][-500:]}" if report.get("stderr") else ""))

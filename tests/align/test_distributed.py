@@ -85,7 +85,7 @@ def test_deepspeed_config_takes_a_path_and_suggests(tmp_path):
 def test_spec_errors_name_the_problem(tiny_model, tmp_path):
     rows = _rows_file(tmp_path / "r.jsonl", helpers.sft_rows(2))
     base = {"method": "sft", "model_path": str(tiny_model), "rows_path": rows, "output_dir": str(tmp_path)}
-    with pytest.raises(ValueError, match="'deepspeeed'.*'deepspeed'"):
+    with pytest.raises(ValueError, match="job spec: deepspeeed: unknown key \\(did you mean 'deepspeed'\\?\\)"):
         JobSpec.from_dict({**base, "deepspeeed": "zero3"})
     with pytest.raises(ValueError, match="'rrtff'.*'rrtf'"):
         JobSpec.from_dict({**base, "method": "rrtff"})

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from align.models import REGISTRY, build_config, check_ref, count_parameters, estimate_memory, lookup, resolve_ref
+from align.models import REGISTRY, transformers_config, check_ref, count_parameters, estimate_memory, lookup, resolve_ref
 from rank.plugins import UnknownNameError
 
 # Published sizes (model cards / papers), in billions: the meta-device count must land near them.
@@ -19,7 +19,7 @@ def test_required_entries_exist():
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_every_entry_builds_its_config_without_download(name):
     entry = lookup(name)
-    cfg = build_config(entry)
+    cfg = transformers_config(entry)
     assert type(cfg).__name__ == entry.architecture
     assert cfg.vocab_size == entry.vocab_size
 

@@ -275,3 +275,16 @@ def test_loop_with_a_teacher_behind_the_api(openai_server, tmp_path, monkeypatch
     stats = json.loads((tmp_path / "run" / "stages" / "sample.json").read_text())["stats"]
     assert stats["usage"][openai_server.model]["requests"] == 2 * len(problems)
     assert "teacher" in res and 0 <= res["teacher"]["pass@1"] <= 1
+
+
+def test_loop_config_takes_an_api_model_name_and_refuses_bad_options_at_load(capsys):
+    from align.recipes import rrtf
+
+    teacher = "models.teachers=[{ref: gpt-4o-mini, backend: openai, options: {base_url: '%s', max_concurrency: %s}}]"
+    rrtf.main(["--base", "tiny", "--dry-run", teacher % ("http://localhost:8000/v1", 4)])   # no path, no hub id: fine
+    with pytest.raises(SystemExit):
+        rrtf.main(["--base", "tiny", "--dry-run", teacher % ("localhost:8000", 4)])
+    assert "models.teachers[0].backend: backend 'openai': base_url must start with http" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        rrtf.main(["--base", "tiny", "--dry-run", teacher.replace("max_concurrency", "max_concurency") % ("http://h/v1", 4)])
+    assert "unknown option 'max_concurency' (did you mean 'max_concurrency'?)" in capsys.readouterr().err

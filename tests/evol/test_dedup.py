@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from evol.dedup import (Dropped, MinHash, benchmark_texts, decontaminate, exact_dedup, jaccard, near_dedup,
-                        ngrams, normalize, row_full_text, tokens)
+from evol.dedup import Dropped, MinHash, exact_dedup, jaccard, near_dedup, ngrams, normalize, tokens
 from rank.records import Problem
 
 DATA = Path(__file__).parents[2].parent / "shared/data"
@@ -68,32 +67,3 @@ def test_near_dedup_drops_small_edits_keeps_distinct():
 def test_near_dedup_rejects_bad_threshold():
     with pytest.raises(ValueError):
         near_dedup(["a"], threshold=0)
-
-
-def test_decontaminate_ngram_and_short_exact():
-    bench = ["Check if in given list of numbers, are any two numbers closer to each other than given threshold.",
-             "return sorted(set(l))"]        # 7 tokens: matched whole
-    rows = [
-        _problem("leak", "Write code. CHECK if in given list of numbers,\nare any two numbers closer to each other"),
-        _problem("short", "Implement unique.", reference="def unique(l):\n    return sorted( set(l) )\n"),
-        _problem("clean", "Check if a list of numbers is sorted."),
-    ]
-    kept, dropped = decontaminate(rows, bench, key=row_full_text)   # prompts and solutions
-    assert [r.id for r in kept] == ["clean"]
-    reasons = {d.row.id: d.reason for d in dropped}
-    assert "10-gram" in reasons["leak"] and "whole" in reasons["short"]
-    # By default only prompts are compared; 9 shared words are not a 10-gram.
-    assert [r.id for r in decontaminate(rows, bench)[0]] == ["short", "clean"]
-    nine = _problem("nine", "given list of numbers, are any two numbers closer")
-    assert decontaminate([nine], bench)[0] == [nine]
-
-
-@pytest.mark.skipif(not HUMANEVAL.exists(), reason=f"HumanEval not found at {HUMANEVAL}")
-def test_decontaminate_against_humaneval():
-    from evol.seeds import load_humaneval
-
-    he = load_humaneval(HUMANEVAL)
-    rewritten = _problem("copy", "Please solve:\n" + he[5].prompt.replace("    ", "  ").upper())
-    fresh = _problem("fresh", "Write a function that returns the number of vowels in a word.\ndef vowels(w):")
-    kept, dropped = decontaminate([rewritten, fresh], benchmark_texts(he))
-    assert [r.id for r in kept] == ["fresh"] and dropped[0].row.id == "copy"

@@ -9,6 +9,7 @@ import pytest
 
 from evol import evolve as E
 from evol import tasks as T
+from evol.reasons import REASONS
 from rank.plugins import UnknownNameError
 from rank.records import Lineage, Problem
 
@@ -47,9 +48,14 @@ def test_rejections_are_recorded_with_reasons(seeds, result):
     n_round1 = sum(p.lineage.round == 1 for p in result.evolved)
     assert n_round1 + sum(r["round"] == 1 for r in result.rejected) == len(seeds)   # every seed accounted for
     for r in result.rejected:
-        assert set(r) == {"parent", "round", "operator", "reason"} and r["reason"]
-    reasons = Counter(r["reason"].split(":")[0].split(" (")[0] for r in result.rejected)
-    assert "would land in the held-out split" in reasons
+        assert set(r) == {"parent", "round", "operator", "code", "detail", "reason"} and r["detail"]
+        assert r["code"] in REASONS
+    reasons = Counter(r["code"] for r in result.rejected)
+    assert reasons["split_change"] > 0
+    stats = result.stats()
+    assert sum(n for ops in stats["rejected"].values() for codes in ops.values() for n in codes.values()) \
+        == len(result.rejected) == sum(stats["rejected_by_code"].values())
+    assert all(p.meta["tests_verified"] == "reference" for p in result.evolved)
 
 
 def _child(seed_task: T.Task, op: str, seed: int = 0) -> T.Task | None:
@@ -91,7 +97,7 @@ def test_swap_requirement_replaces_a_common_one_with_a_rare_one(seeds):
 def test_too_deep_is_rejected():
     deep = T.generate_problems(5, "train", seed=0, min_depth=5, max_depth=5)
     res = E.evolve(deep, rounds=1, operators=["deepen"])
-    assert not res.evolved and all(r["reason"].startswith("too deep") for r in res.rejected)
+    assert not res.evolved and all(r["code"] == "too_deep" for r in res.rejected)
 
 
 def test_deterministic(seeds):
@@ -108,12 +114,13 @@ def test_user_operator_by_path_and_duplicates(seeds):
     sys.modules[mod.__name__] = mod
     try:
         res = E.evolve([seeds[0], target], rounds=1, operators=["user_ops_for_test:to_existing"])
-        assert not res.evolved and res.rejected[0]["reason"] == "duplicate of an existing problem"
-        assert res.rejected[0]["operator"] == "user_ops_for_test:to_existing"
+        by_parent = {r["parent"]: r for r in res.rejected}
+        assert not res.evolved and by_parent[seeds[0].id]["code"] == "duplicate"
+        assert by_parent[seeds[0].id]["operator"] == "user_ops_for_test:to_existing"
         sums = [p for p in seeds if T.task_of(p).steps[-1][0] == "sum"
                 and "sort" not in T.task_of(p).names() and T.split_of(T.Task((("sort", None),) + T.task_of(p).steps)) == "train"]
         res = E.evolve(sums[:3], rounds=1, operators=["user_ops_for_test:vacuous"])
-        assert {r["reason"].split(" (")[0] for r in res.rejected} == {"behaviour unchanged"}
+        assert {r["code"] for r in res.rejected} == {"behaviour_unchanged"}
     finally:
         del sys.modules[mod.__name__]
 
@@ -126,48 +133,114 @@ def test_unknown_operator_suggests():
 
 
 # ------------------------------------------------------------------ LLM path
+# A scripted generate callable stands in for the model here; tests/evol/test_served_teacher.py
+# drives the same path through a real OpenAI-compatible server.
 
 FOREIGN = Problem(id="x1", prompt="Return the n-th Fibonacci number.\ndef fib(n):", entry_point="fib",
-                  tests=["assert fib(1) == 1"], lineage=Lineage(source="humaneval"))
-
-GOOD = """### Problem
+                  tests=["assert fib(1) == 1"], reference="def fib(n):\n    return n if n < 2 else fib(n-1) + fib(n-2)\n",
+                  lineage=Lineage(source="humaneval"))
+SOLUTION = "```python\ndef fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a % 7\n```"
+GOOD = f"""### Problem
 Return the n-th Fibonacci number modulo 7.
 def fib(n):
+### Solution
+{SOLUTION}
 ### Tests
 assert fib(1) == 1
 assert fib(2) == 1
 assert fib(10) == 55 % 7
+assert fib(8) == 21 % 7
+assert fib(9) == 99
 assert fib(  # broken line is dropped
 """
 
 
-def test_llm_path_accepts_answers_with_tests():
+def answer(tests: str, problem: str = "Return the n-th Fibonacci number modulo 7.\ndef fib(n):",
+           solution: str = SOLUTION) -> str:
+    return f"### Problem\n{problem}\n### Solution\n{solution}\n### Tests\n{tests}\n"
+
+
+def test_llm_path_keeps_verified_problems_and_drops_tests_the_reference_fails():
     prompts: list[str] = []
 
     def generate(batch: list[str]) -> list[str]:
         prompts.extend(batch)
         return [GOOD] * len(batch)
 
-    res = E.evolve([FOREIGN], rounds=1, operators=["add_constraint"], generate=generate)
+    res = E.evolve([FOREIGN], rounds=1, operators=["add_constraint"], generate=generate, framing="contest")
     (p,) = res.evolved
-    assert "Given problem" in prompts[0] and "Fibonacci" in prompts[0] and "### Tests" in prompts[0]
-    assert p.tests == ["assert fib(1) == 1", "assert fib(2) == 1", "assert fib(10) == 55 % 7"]
+    assert "contest" in prompts[0] and "Fibonacci" in prompts[0] and "### Tests" in prompts[0]
+    # the wrong expectation fib(9) == 99 is dropped, the three the reference passes stay
+    assert p.tests == ["assert fib(1) == 1", "assert fib(2) == 1", "assert fib(10) == 55 % 7",
+                       "assert fib(8) == 21 % 7"]
     assert p.lineage == Lineage(parent="x1", round=1, operator="add_constraint", source="humaneval")
-    assert p.reference is None and p.meta["tests_verified"] is False
+    assert p.reference.startswith("def fib(n):") and p.meta["tests_verified"] == "reference"
+    assert p.meta["verification"]["tests_dropped"] == 1
     assert p.id == Problem.make_id(p.prompt, "fib")
 
 
-@pytest.mark.parametrize("answer,reason", [
-    ("### Problem\nHarder.\ndef fib(n):\n### Tests\n", "usable tests"),
-    ("Sure! Here is a harder problem.", "layout"),
-    ("### Problem\nHarder.\ndef g(n):\n### Tests\nassert g(1) == 1\n", "signature"),
+@pytest.mark.parametrize("text,code", [
+    (answer("assert fib(1) == 5\nassert fib(2) == 5\nassert fib(3) == 5\nassert fib(4) == 1"), "reference_fails"),
+    (answer("assert fib(1) == 1", problem="Harder: modulo 7.\ndef g(n):"), "signature_lost"),
+    (answer("assert fib(1) == 1\nassert fib(2) == 1\nassert fib(3) == 2",
+            solution="```python\ndef fibonacci(n):\n    return 1\n```"), "signature_lost"),
+    ("I'm sorry, but I cannot help with making this problem harder, as it is already hard enough.", "refusal"),
+    ("As an AI language model I can't create new problems for you, please ask a person instead.", "refusal"),
+    ("fib(n) % 7", "too_short"),
+    (answer("(at least 3 lines, each one `assert fib(...) == ...` with the exact expected value)"),
+     "copies_template"),
+    ("Original problem:\nReturn the n-th Fibonacci number.\ndef fib(n):\nChange to make: add a step.", "copies_template"),
+    ("Sure! Here is a harder problem: return fib(n) modulo seven, for any n at all, quickly.", "bad_layout"),
+    (answer("assert fib(1) == 1\nassert fib(2) == 1\nassert fib(3) == 2",
+            problem="Return the n-th Fibonacci number.\ndef fib(n):"), "no_information_gain"),
+    (answer("assert fib(1) == 1\nassert fib(2) == 1"), "too_few_tests"),
+    (answer("assert fib(0) == 0\nassert fib(7) == 0\nassert fib(14) == 0",
+            solution="```python\ndef fib(n):\n    return 0\n```"), "tests_not_discriminative"),
+    (answer("assert fib(1) == 1\nassert fib(2) == 1\nassert fib(3) == 2\nassert fib(5) == 5",
+            solution="```python\ndef fib(n):\n    return n if n < 2 else fib(n-1) + fib(n-2)\n```"),
+     "behaviour_unchanged"),
 ])
-def test_llm_path_rejects_answers_without_tests(answer, reason):
-    res = E.evolve([FOREIGN], rounds=1, generate=lambda batch: [answer] * len(batch))
-    assert not res.evolved and reason in res.rejected[0]["reason"]
+def test_llm_path_rejects_with_the_right_code(text, code):
+    res = E.evolve([FOREIGN], rounds=1, operators=["add_constraint"], generate=lambda batch: [text] * len(batch))
+    assert not res.evolved
+    (row,) = res.rejected
+    assert row["code"] == code, row
+    assert row["answer"] == text and row["detail"]
+
+
+def test_complexity_keeps_the_parents_behaviour():
+    same = answer("assert fib(1) == 1\nassert fib(2) == 1\nassert fib(3) == 2\nassert fib(5) == 5",
+                  problem="Return the n-th Fibonacci number in O(n) time.\ndef fib(n):",
+                  solution="```python\ndef fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n```")
+    res = E.evolve([FOREIGN], rounds=1, operators=["complexity"], generate=lambda batch: [same] * len(batch))
+    assert [p.lineage.operator for p in res.evolved] == ["complexity"]
+
+
+def test_agreement_with_sampled_solutions():
+    """CodeT: tests the majority of independent samples fail are dropped, and the problem says so."""
+    right = SOLUTION
+    wrong = "```python\ndef fib(n):\n    return 1\n```"
+    tests = "assert fib(1) == 1\nassert fib(2) == 1\nassert fib(10) == 55 % 7\nassert fib(8) == 21 % 7\nassert fib(3) == 2"
+
+    def generate(batch):
+        return [answer(tests) if "Change to make" in p else right for p in batch]
+    res = E.evolve([FOREIGN], rounds=1, operators=["add_step"], generate=generate, agreement_samples=3)
+    (p,) = res.evolved
+    assert p.meta["tests_verified"] == "agreement" and len(p.tests) == 5
+    assert p.meta["verification"]["consensus_size"] == 3
+
+    # samples agreeing on a different behaviour: only the tests they pass survive, too few remain
+    def disagree(batch):
+        return [answer(tests) if "Change to make" in p else wrong for p in batch]
+    res = E.evolve([FOREIGN], rounds=1, operators=["add_step"], generate=disagree, agreement_samples=3)
+    assert [r["code"] for r in res.rejected] == ["agreement_failed"]
 
 
 def test_foreign_problem_without_generate_is_rejected():
     res = E.evolve([FOREIGN], rounds=1)
-    assert res.rejected == [{"parent": "x1", "round": 1, "operator": res.rejected[0]["operator"],
-                             "reason": "not a built-in task and no generate callable given"}]
+    assert [(r["code"], r["round"], r["parent"]) for r in res.rejected] == [("no_generator", 1, "x1")]
+
+
+def test_unknown_framing_fails_early():
+    with pytest.raises(ValueError, match="framing"):
+        E.evolve([FOREIGN], rounds=1, framing="poetry", generate=lambda b: b)

@@ -24,6 +24,10 @@ ROWS = [
     {"id": "c", "code": "def g(x):\n    return -x\n", "test": "def check(candidate):\n    assert candidate(1) == -1\n",
      "entry_point": "g"},
     {"id": "d", "code": "def f(x) return", "tests": ["assert f(1) == 2"]},
+    # the prompt implements `scale`: the tests use the prompt's, not the program's forged one
+    {"id": "e", "code": "def scale(x):\n    return 0\ndef f(x):\n    return 1\n", "entry_point": "f",
+     "prompt": "def scale(x):\n    return 10 * x\n\ndef f(x):\n    \"scale(x) + 1\"\n",
+     "tests": ["assert f(2) == scale(2) + 1"]},
 ]
 
 
@@ -44,7 +48,8 @@ def test_round_trip_through_the_module_cli(tmp_path):
     assert proc.returncode == 0, proc.stderr
     rows = {r["id"]: r for r in read(out)}
     assert {k: (r["status"], r["passed"], r["total"]) for k, r in rows.items()} == {
-        "a": ("passed", 2, 2), "b": ("partial", 1, 2), "c": ("passed", 1, 1), "d": ("compile_error", 0, 1)}
+        "a": ("passed", 2, 2), "b": ("partial", 1, 2), "c": ("passed", 1, 1), "d": ("compile_error", 0, 1),
+        "e": ("failed", 0, 1)}
     assert all({"duration_s", "stdout", "error"} <= set(r) for r in rows.values())
 
 
@@ -56,9 +61,9 @@ def test_resume_skips_done_ids_and_repairs_a_torn_line(tmp_path):
     assert main(["--in", str(inp), "--out", str(out), "--workers", "1"]) == 0
     rows = read(out)
     assert [r["id"] for r in rows].count("a") == 1 and rows[0]["error"] == "old"
-    assert sorted(r["id"] for r in rows) == ["a", "b", "c", "d"]
+    assert sorted(r["id"] for r in rows) == ["a", "b", "c", "d", "e"]
     assert main(["--in", str(inp), "--out", str(out), "--workers", "1"]) == 0    # nothing left to do
-    assert len(read(out)) == 4
+    assert len(read(out)) == 5
 
 
 @pytest.mark.parametrize("row,line,field", [

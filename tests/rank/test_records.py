@@ -122,3 +122,15 @@ def test_one_validator_for_records_and_configs():
         with pytest.raises(FieldError) as e:
             build(Outer, data)
         assert str(e.value) == msg
+
+
+def test_append_jsonl_and_cut_torn_tail(tmp_path):
+    from rank.records import append_jsonl, cut_torn_tail
+
+    p = tmp_path / "out.jsonl"
+    assert append_jsonl(p, [{"id": "a"}, {"id": "b\ud800"}]) == 2          # a lone surrogate is writable
+    with open(p, "a") as fh:
+        fh.write('{"id": "c", "sta')                                         # a kill mid-line
+    cut_torn_tail(p)
+    append_jsonl(p, [{"id": "d"}], fsync=False)
+    assert [r["id"] for r in read_jsonl(p)] == ["a", "b\ud800", "d"]

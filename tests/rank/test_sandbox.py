@@ -316,20 +316,35 @@ def test_broken_humaneval_solutions_fail(sandbox, host):
     assert not [v.candidate_id for v in sandbox.run(swapped) if v.status == "passed"]
 
 
-def test_mbpp_reference_solutions(sandbox, host):
+def _mbpp(host, limit=None):
     path = host.data / MBPP
     if not path.exists():
-        pytest.skip(f"MBPP data not found at {path}")
-    with open(path) as fh:
-        rows = [json.loads(line) for line in fh if line.strip()][:60]
-    jobs = [Job(id=str(r["task_id"]), code=r["code"] + "\n" + r["test_setup_code"], tests=r["test_list"]) for r in rows]
+        pytest.skip(f"MBPP data not found at {path} (MBPP ships only in ../shared/data)")
+    from evol.seeds import load_mbpp             # the loader the toolkit uses: setup code goes with the tests
+    return load_mbpp(path)[:limit]
+
+
+def test_mbpp_reference_solutions(sandbox, host):
+    problems = _mbpp(host, 60)
+    jobs = [job_for(p, p.reference, str(p.meta["task_id"])) for p in problems]
     verdicts = sandbox.run(jobs)
     passed = [v for v in verdicts if v.status == "passed"]
-    assert len(passed) >= 58, [(v.candidate_id, v.status, v.error[:120]) for v in verdicts if v.status != "passed"]
-    assert all(v.total == len(r["test_list"]) for v, r in zip(verdicts, rows))
-    wrong = [Job(id=j.id, code=j.code + "\n\ndef _noop():\n    pass\n", tests=[t.replace("==", "!=", 1) for t in j.tests])
-             for j in jobs[:20]]
+    assert len(passed) == 60, [(v.candidate_id, v.status, v.error[:120]) for v in verdicts if v.status != "passed"]
+    assert all(v.total == len(p.tests) for v, p in zip(verdicts, problems))
+    wrong = [Job(id=j.id, code=j.code + "\n\ndef _noop():\n    pass\n", tests=[t.replace("==", "!=", 1) for t in j.tests],
+                 entry_point=j.entry_point) for j in jobs[:20]]
     assert not [v for v in sandbox.run(wrong) if v.status == "passed"]
+
+
+@pytest.mark.slow
+def test_all_mbpp_reference_solutions(host):
+    """All 974: 971 pass; 367, 601 and 927 use classes the program defines (Node, Pair), which the
+    tests do not take from the candidate (docs/sandbox.md). Task 123 runs for seconds: generous limits."""
+    problems = _mbpp(host)
+    with Sandbox(SandboxConfig(timeout_s=30.0, job_timeout_s=90.0)) as sb:
+        verdicts = sb.run([job_for(p, p.reference, str(p.meta["task_id"])) for p in problems])
+    failing = {v.candidate_id for v in verdicts if v.status != "passed"}
+    assert len(problems) == 974 and failing <= {"367", "601", "927"}, failing
 
 
 # ---------------------------------------------------------------- the plain-data codec (no sandbox needed)
