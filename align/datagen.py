@@ -3,7 +3,7 @@
     gen = text_fn(spec, path, run, "evolve-r1")            # list[str] -> list[str], Ray actors, resumable
     problems, rejected, stats = problems_stage(cfg, run, models)
 
-evol never imports align (DESIGN.md §2): it takes `generate(prompts) -> texts`. Here a model entry
+evol never imports align (docs/design.md §2): it takes `generate(prompts) -> texts`. Here a model entry
 (`ModelSpec`: backend, template, options, replicas) becomes that callable. An instruction is shown
 to the model through its template like a problem statement (a chat model gets one user message, an
 alpaca model its instruction format), and generation stops only at the end of text: the answers are
