@@ -35,6 +35,7 @@ class FaultProxy:
         self.answered: Counter = Counter()
         self.attempts: Counter = Counter()
         self.auth: set[str] = set()
+        self.bodies: list[dict] = []
         self.lock = threading.Lock()
         proxy = self
 
@@ -50,6 +51,7 @@ class FaultProxy:
                 key = (json.dumps(req.get("prompt", req.get("messages"))), req.get("seed"))
                 with proxy.lock:
                     proxy.attempts[key] += 1
+                    proxy.bodies.append(req)
                     proxy.auth.add(self.headers.get("Authorization", ""))
                     first = proxy.attempts[key] == 1
                     fault = proxy.faults[len(proxy.answered) % len(proxy.faults)] if first else None
@@ -152,6 +154,18 @@ def test_faults_every_prompt_answered_exactly_once_and_rerun_is_free(openai_serv
     before = sum(proxy.attempts.values())
     assert rerun.generate(PROMPTS, params) == got
     assert sum(proxy.attempts.values()) == before and rerun.usage["requests"] == 0
+
+
+@pytest.mark.slow
+def test_extra_body_is_sent_and_keys_the_cache(openai_server, proxy_factory, tmp_path):
+    proxy = proxy_factory([None])
+    params = SamplingParams(n=1, temperature=0, max_new_tokens=4)
+    plain = backend_for(proxy, openai_server.model, tmp_path)
+    plain.generate(PROMPTS[:1], params)
+    extra = backend_for(proxy, openai_server.model, tmp_path, extra_body={"frequency_penalty": 0.0})
+    extra.generate(PROMPTS[:1], params)
+    assert extra.usage["requests"] == 1 and extra.usage["cache_hits"] == 0   # another answer, not the cached one
+    assert "frequency_penalty" not in proxy.bodies[0] and proxy.bodies[1]["frequency_penalty"] == 0.0
 
 
 @pytest.mark.slow
