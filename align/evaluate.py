@@ -1,7 +1,7 @@
 """pass@k of a model on problems, with every program run in the sandbox.
 
     python -m align.evaluate MODEL_PATH humaneval --template completion --limit 20
-    python -m align.evaluate MODEL_PATH mbpp:../shared/data/mbpp/mbpp.jsonl --n 10 --temperature 0.8 --k 1 10
+    python -m align.evaluate MODEL_PATH mbpp:PATH/mbpp.jsonl --n 10 --temperature 0.8 --k 1 10
 
 pass@k is the unbiased estimator of Chen et al. (arXiv:2107.03374, §2.1): sample n >= k
 programs per problem, count the c that pass, and average 1 - C(n-c, k) / C(n, k) over problems.

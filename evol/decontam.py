@@ -1,6 +1,6 @@
 """Decontamination: remove generated problems that overlap benchmark test problems, with a report.
 
-    index = BenchmarkIndex.load(["humaneval", "mbpp:../shared/data/mbpp/mbpp.jsonl@test"])
+    index = BenchmarkIndex.load(["humaneval", "mbpp:PATH/mbpp.jsonl@test"])
     kept, report = decontaminate(problems, index)        # report -> decontamination.json
     python -m evol.decontam problems.jsonl --against humaneval mbpp:PATH@test   # flagged pairs, counts
 

@@ -36,7 +36,7 @@ def cpu_safe_defaults() -> dict[str, Any]:
     """Defaults that make TRL's configs run on a CPU-only machine, single- or multi-process.
 
     TRL defaults to bf16=True, which fails on CPU; use_cpu=True is also what makes accelerate pick gloo
-    under torchrun (without it DeepSpeed and accelerate disagree on the world size, STACK-NOTES).
+    under torchrun (without it DeepSpeed and accelerate disagree on the world size, docs/design.md §12).
     """
     import torch
 

@@ -251,9 +251,10 @@ def test_rate_limiter_spaces_requests_and_tokens():
 
 
 @pytest.mark.slow
-def test_loop_with_a_teacher_behind_the_api(openai_server, tmp_path, monkeypatch):
+def test_loop_with_a_teacher_behind_the_api(openai_server, served_model_dir, tmp_path, monkeypatch):
     """The README's "Teachers behind an API" command: own problems from a file, the student on hf,
-    the teacher on a local OpenAI-compatible server, its usage in the sample stage's stats."""
+    the teacher on a local OpenAI-compatible server, its usage in the sample stage's stats. (The
+    student is the served model's directory too, so no tiny model is built here.)"""
     from test_loop import CI   # tests/ is on sys.path (tests/conftest.py)
 
     from align.recipes import rrtf
@@ -266,7 +267,8 @@ def test_loop_with_a_teacher_behind_the_api(openai_server, tmp_path, monkeypatch
                "options: {base_url: '%s', api_key_env: null, max_concurrency: 4, cache_dir: '%s'}}]"
                % (openai_server.model, openai_server.base_url, tmp_path / "api-cache"))
     args = ["--base", "tiny", "--run-dir", str(tmp_path / "run"), *[c for c in CI if not c.startswith("models.teachers")],
-            f"data.source={tmp_path / 'problems.jsonl'}", f"models.teachers={teacher}", "eval.benchmarks=[]"]
+            f"data.source={tmp_path / 'problems.jsonl'}", f"models.teachers={teacher}", "eval.benchmarks=[]",
+            f"models.student.ref={served_model_dir}"]
     res = rrtf.main(args)
     cands = read_jsonl(tmp_path / "run" / "candidates.jsonl", Candidate)
     problems = {p["id"] for p in map(json.loads, (tmp_path / "run" / "problems.jsonl").read_text().splitlines())}
