@@ -304,3 +304,20 @@ def test_loop_config_takes_an_api_model_name_and_refuses_bad_options_at_load(cap
     with pytest.raises(SystemExit):
         rrtf.main(["--base", "tiny", "--dry-run", teacher.replace("max_concurrency", "max_concurency") % ("http://h/v1", 4)])
     assert "unknown option 'max_concurency' (did you mean 'max_concurrency'?)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_evaluate_cli_scores_a_model_behind_the_api(openai_server, tmp_path, capsys):
+    import shutil
+
+    from align.evaluate import main
+    from evol.tasks import generate_problems
+    from rank.records import write_jsonl
+
+    write_jsonl(tmp_path / "held.jsonl", generate_problems(4, split="heldout", seed=2, max_depth=1))
+    args = [openai_server.model, str(tmp_path / "held.jsonl"), "--backend", "openai",
+            "--base-url", openai_server.base_url, "--no-api-key", "-o", f"cache_dir={tmp_path}",
+            "--n", "1", "--temperature", "0", "--max-new-tokens", "48"]
+    res = main(args + (["--unsafe"] if shutil.which("bwrap") is None else []))
+    assert res["n_problems"] == 4 and 0 <= res["pass@1"] <= 1
+    assert sum(r["c"] for r in res["per_problem"]) == round(res["pass@1"] * 4)
