@@ -153,7 +153,7 @@ def apply(cfg: RunConfig) -> tuple[RunConfig, list[str], dict[str, ModelEntry]]:
     workers = min(t.num_workers, 2)
     deepspeed = "zero3" if t.deepspeed == "zero3_offload" else t.deepspeed
     if t.launcher != "inprocess":
-        args["use_cpu"] = True    # accelerate needs it to join DeepSpeed's gloo group on CPU (STACK-NOTES)
+        args["use_cpu"] = True    # accelerate needs it to join DeepSpeed's gloo group on CPU (docs/design.md §12)
     if (workers, deepspeed) != (t.num_workers, t.deepspeed) or t.num_gpus_per_node:
         said.append(f"train: {t.num_workers} workers x {t.num_gpus_per_node} GPUs, {t.deepspeed} -> "
                     f"{workers} CPU processes, {deepspeed}")

@@ -1,4 +1,4 @@
-"""One adversarial test per claim of the sandbox threat model (docs/sandbox.md, DESIGN.md §7).
+"""One adversarial test per claim of the sandbox threat model (docs/sandbox.md, docs/design.md §7).
 
     .venv/bin/python -m pytest tests/rank/test_sandbox_attacks.py -q
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import socket
 import textwrap
-import threading
 
 import pytest
 
