@@ -117,6 +117,8 @@ class TrainConfig:
     trl: dict[str, Any] = field(default_factory=dict)         # -> only the fields trl.DPOConfig/SFTConfig add
     lora: dict[str, Any] | None = None                        # -> peft.LoraConfig
     model_init_kwargs: dict[str, Any] = field(default_factory=dict)  # -> from_pretrained (dtype, attn_implementation)
+    # rrtf/rrhf: how the k responses share their prompt (align/train/packing.py); auto = decided by a probe
+    layout: Literal["auto", "prefix", "packed", "naive"] = "auto"
     deepspeed: str | None = None     # zero2 | zero3 | zero3_offload | path to a JSON
     launcher: Literal["inprocess", "torchrun", "ray"] = "inprocess"
     num_workers: int = 1             # processes (torchrun) or workers (Ray Train): the data-parallel world size

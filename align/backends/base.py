@@ -1,4 +1,4 @@
-"""The backend contract every generation backend meets (INTERFACES §1): prompts, sampling
+"""The backend contract every generation backend meets (docs/design.md §5): prompts, sampling
 parameters, options, resources and usage. Standard library only: the config loader checks
 backend names and options through here without importing torch, vLLM or the openai client.
 """
@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, Union, runtime_checkable
 
 from align.prompting import EOS
+from align.tokenization import prompt_ids
 from rank.plugins import suggest
 from rank.typed import FieldError, build
 
@@ -80,6 +81,19 @@ def is_chat(prompt: Prompt) -> bool:
     if isinstance(prompt, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt):
         return True
     raise TypeError(f"a prompt is a str or a list of {{'role', 'content'}} messages, got {prompt!r:.80}")
+
+
+def encode_prompt(tokenizer: Any, prompt: Prompt) -> list[int]:
+    """Token ids of one prompt for a Hugging Face tokenizer: text with the tokenizer's own special
+    tokens (BOS for Llama); chat messages through its chat template (which writes its own special
+    tokens, so none are added again). The hf and vllm backends both encode through here."""
+    if not is_chat(prompt):
+        return prompt_ids(tokenizer, prompt)   # align.tokenization: the one rule training uses too
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"chat prompt given but the tokenizer of {tokenizer.name_or_path!r} has no chat "
+                         f"template; use a text template (pangu, alpaca, completion) for this model")
+    text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def parse_options(options_cls: type, backend: str, options: dict[str, Any],

@@ -7,9 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from align.backends.base import (BackendOptionError, Prompt, SamplingParams, is_chat, new_usage, parse_options,
-                                 truncate_at_stop)
-from align.tokenization import prompt_ids
+from align.backends.base import Prompt, SamplingParams, encode_prompt, new_usage, parse_options, truncate_at_stop
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
@@ -74,22 +72,6 @@ class HFBackend:
         on_gpu = opts.device.startswith("cuda") or (opts.device == "auto" and gpus_available)
         return {"num_cpus": 1, "num_gpus": 1 if on_gpu else 0}
 
-    def encode(self, prompts: list[Prompt]) -> list[list[int]]:
-        """Token ids per prompt: text with the tokenizer's own special tokens (BOS for Llama), chat
-        messages through the chat template (which writes its own special tokens)."""
-        tok, out = self.tokenizer, []
-        for p in prompts:
-            if is_chat(p):
-                if not getattr(tok, "chat_template", None):
-                    raise BackendOptionError(
-                        f"chat prompt given but the tokenizer of {self.model.name_or_path!r} has no chat "
-                        f"template; use a text template (pangu, alpaca, completion) for this model")
-                text = tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
-                out.append(tok(text, add_special_tokens=False)["input_ids"])
-            else:
-                out.append(prompt_ids(tok, p))   # align.tokenization: the one rule training uses too
-        return out
-
     def generate(self, prompts: list[Prompt], params: SamplingParams) -> list[list[str]]:
         import torch
 
@@ -99,7 +81,7 @@ class HFBackend:
         # Greedy gives n identical answers: decode once, copy n times.
         n_seq = 1 if greedy else params.n
         per_batch = max(1, self.batch_size // n_seq)
-        ids = self.encode(prompts)
+        ids = [encode_prompt(self.tokenizer, p) for p in prompts]
         order = sorted(range(len(prompts)), key=lambda i: -len(ids[i]))
         stops = list(dict.fromkeys([s for s in [*params.stop, *self.stop_tokens] if s]))
         out: list[list[str]] = [[] for _ in prompts]

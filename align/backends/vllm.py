@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from align.backends.base import (BackendUnavailable, Prompt, SamplingParams, is_chat, new_usage, parse_options,
+from align.backends.base import (BackendUnavailable, Prompt, SamplingParams, encode_prompt, new_usage, parse_options,
                                  truncate_at_stop)
 from align.backends.vllm_args import ENGINE_ARGS
 
@@ -56,18 +56,15 @@ class VLLMBackend:
     def resources(cls, opts: VLLMOptions, extra: dict, gpus_available: bool) -> dict[str, float]:
         return {"num_cpus": 1, "num_gpus": opts.tensor_parallel_size * extra.get("pipeline_parallel_size", 1)}
 
-    def _text(self, prompt: Prompt) -> str:
-        if not is_chat(prompt):
-            return prompt
-        return self.llm.get_tokenizer().apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-
     def generate(self, prompts: list[Prompt], params: SamplingParams) -> list[list[str]]:
         greedy = params.temperature == 0
         stops = [s for s in params.stop if s]
         sp = self._vllm.SamplingParams(
             n=1 if greedy else params.n, temperature=params.temperature, top_p=1.0 if greedy else params.top_p,
             max_tokens=params.max_new_tokens, stop=stops, seed=params.seed)
-        results = self.llm.generate([self._text(p) for p in prompts], sp, use_tqdm=False)
+        tok = self.llm.get_tokenizer()
+        # Token ids encoded as the hf backend does, so both see the same prompt (chat template included).
+        results = self.llm.generate([{"prompt_token_ids": encode_prompt(tok, p)} for p in prompts], sp, use_tqdm=False)
         self.usage["requests"] += len(prompts)
         for r in results:
             self.usage["prompt_tokens"] += len(r.prompt_token_ids or [])

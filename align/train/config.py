@@ -97,6 +97,8 @@ def check_train(train: Any, method: str) -> None:
 
     if train.max_length is not None and train.max_length < 4:
         raise ValueError(f"train.max_length must be >= 4, got {train.max_length}")
+    if method not in RANK_METHODS and train.layout != "auto":
+        raise ValueError(f"train.layout={train.layout!r} applies to rrtf/rrhf only, not {method}")
     check_builder_args(train.dataset or method, train.dataset_args)
     trainer_options(train, method)      # two homes for one key
     if train.args:

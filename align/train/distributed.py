@@ -23,7 +23,7 @@ the process group from torchrun's or Ray Train's environment. With more than one
 mounts at the same path: each Ray worker checks that it sees the file the driver wrote there first. `config` passes straight through to the
 method's config class (TRL's DPOConfig/SFTConfig, TrainingArguments for the ranking trainer). On CPU the
 trainers get use_cpu=True and bf16=False, which is what lets DeepSpeed and accelerate agree on gloo with
-2 processes (STACK-NOTES). Rank 0 writes `metrics.json` into output_dir.
+2 processes (docs/design.md §12). Rank 0 writes `metrics.json` into output_dir.
 """
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ from typing import Any, Callable
 from align.rundir import file_hash
 from rank.plugins import suggest
 from rank.records import write_atomic
+from rank.typed import FieldError, build
 
 log = logging.getLogger(__name__)
 PRESETS_DIR = Path(__file__).with_name("deepspeed")
@@ -88,15 +89,10 @@ class JobSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], check: bool = True) -> "JobSpec":
-        names = [f.name for f in dataclasses.fields(cls)]
-        for key in data:
-            if key not in names:
-                raise ValueError(f"job spec: unknown key {key!r}{suggest(key, names)}")
-        missing = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
-                   and f.default_factory is dataclasses.MISSING and f.name not in data]
-        if missing:
-            raise ValueError(f"job spec: missing {missing}")
-        spec = cls(**data)
+        try:
+            spec = build(cls, data)     # rank.typed: unknown key (with a suggestion), missing field, types
+        except FieldError as e:
+            raise ValueError(f"job spec: {e}") from None
         if check:
             spec.check()
         return spec

@@ -3,15 +3,19 @@
 Layouts (all give `logp_sum [B, K]` and `lengths [B, K]` for `align/train/losses.py`, and the same
 values and gradients up to float rounding: tests/align/test_packing.py):
 
-  "prefix"  KV-cache sharing: the prompt (all but its last token) runs once per prompt with the cache
-            on; the cache is expanded to the k responses (an index_select, so gradients flow back
-            through it into the prompt's computation) and the responses run as one batch of rows
-            [last prompt token, response[:-1]] with position ids continuing after the prompt.
-            Prompt compute is shared and attention is only (response x (prompt + response)).
-            Needs a model that takes `past_key_values` (a transformers Cache with
-            `batch_select_indices`) and a 2D mask over cache + new tokens: GPTBigCode, Llama and most
-            decoders. Not used under gradient checkpointing (transformers then drops the cache).
-            With dropout on, the prompt's dropout draw is shared by its k responses (one draw, not k).
+  "prefix"  KV-cache sharing: the prompt (all but its last token) runs once per prompt, filling a
+            `SharedPromptCache`; the responses then run as one batch of rows [last prompt token,
+            response[:-1]] with position ids continuing after the prompt, each layer reading its
+            prompt's keys/values through an index_select (so gradients flow back into the prompt's
+            computation). Prompt compute is shared and attention is only (response x (prompt +
+            response)). Works under activation checkpointing: the cache stores the prompt pass's first
+            keys/values and never writes in the response pass, so the layers' backward replays read
+            the same states (transformers' `_can_checkpoint_with_cache`, set for the two calls);
+            needs non-reentrant checkpointing (reentrant gives no gradient to tensors reached through
+            the cache). Needs a model that takes `past_key_values` and a 2D mask over cache + new
+            tokens: GPTBigCode, Llama and most decoders. With dropout on, the prompt's dropout draw is
+            shared by its k responses (one draw, not k): see README "Training layouts" for why that
+            does not matter (measured).
   "packed"  one row per prompt [prompt, resp_1, ..., resp_k], no padding between them, with a 4D
             additive block mask (each response sees the prompt and itself) and position ids that
             restart after the prompt for every response. Shares the prompt too, but attention runs
@@ -19,11 +23,10 @@ values and gradients up to float rounding: tests/align/test_packing.py):
             `create_causal_mask` (which passes a 4D mask through as-is) and eager/sdpa attention.
   "naive"   k right-padded rows per prompt, the prompt repeated (the public RRHF code's layout):
             the reference, and the fallback for models where neither of the above works.
-  "auto"    the first of prefix, packed, naive that `layout_supported` accepts for this model
-            (a tiny probe forward per layout, compared with naive, once per model).
+"auto" is resolved once per model by align/train/layout_choice.py (static rules, then a probe).
 
-Only the positions that predict response tokens are projected onto the vocabulary (a boolean
-`logits_to_keep`, transformers >= 5), in every layout.
+Only the positions that predict response tokens reach the vocabulary projection, in chunks
+(align/train/token_logps.py), in every layout.
 
 Collated batch keys (see `rank_trainer.rank_collator`): prompt_ids [B, P] and prompt_lens [B];
 response_ids [B, K, R] and response_lens [B, K] (0 = no response in that slot); scores, teacher [B, K].
@@ -32,9 +35,12 @@ Test: `pytest tests/align/test_packing.py`; speed: `python bench/train.py`.
 """
 from __future__ import annotations
 
-import inspect
+from contextlib import contextmanager
 
 import torch
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+
+from align.train.token_logps import target_logps
 
 
 def _targets(batch: dict) -> list[tuple[int, int, int, int]]:
@@ -118,71 +124,111 @@ def packed_inputs(batch: dict, pad_id: int = 0, dtype: torch.dtype = torch.float
             "token": torch.cat(toks).to(dev), "slot": torch.cat(slots).to(dev)}
 
 
-def _accepts_logits_to_keep(model) -> bool:
-    fwd = getattr(model, "forward", None)
-    try:
-        params = inspect.signature(fwd).parameters
-    except (TypeError, ValueError):
-        return False
-    return "logits_to_keep" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
-
-
-def _logits(model, keep: torch.Tensor, **model_kwargs) -> torch.Tensor:
-    """Logits at the `keep` [N, T] positions, flattened row-major to [n_keep, V]."""
-    if _accepts_logits_to_keep(model):
-        try:
-            logits = model(**model_kwargs, logits_to_keep=keep).logits
-        except TypeError:                 # the model takes no `logits_to_keep`
-            logits = model(**model_kwargs).logits
-    else:
-        logits = model(**model_kwargs).logits
-    if logits.dim() == 2 and logits.shape[0] == int(keep.sum()):
-        return logits
-    if logits.dim() == 3 and logits.shape[:2] == keep.shape:   # all positions were projected
-        return logits[keep]
-    raise RuntimeError(f"unexpected logits shape {tuple(logits.shape)} for inputs {tuple(keep.shape)}")
-
-
-def _gather_logps(logits: torch.Tensor, keep: torch.Tensor, row, pred_pos, token) -> torch.Tensor:
-    """log P(token) per target; `logits` [n_keep, V] are the kept positions in row-major order."""
-    place = keep.flatten().cumsum(0).sub(1).view_as(keep)[row, pred_pos]
-    picked = logits[place].float()
-    return picked.gather(-1, token[:, None]).squeeze(-1) - torch.logsumexp(picked, dim=-1)
-
-
-def _single_pass(model, inputs: dict) -> torch.Tensor:
+def _single_pass(model, inputs: dict, head: str) -> torch.Tensor:
     row, pred_pos, token = inputs["row"], inputs["pred_pos"], inputs["token"]
     keep = torch.zeros_like(inputs["input_ids"], dtype=torch.bool)
     keep[row, pred_pos] = True
     model_kwargs = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids") if k in inputs}
-    return _gather_logps(_logits(model, keep, use_cache=False, **model_kwargs), keep, row, pred_pos, token)
+    return target_logps(model, keep, row, pred_pos, token, head, use_cache=False, **model_kwargs)
 
 
-def naive_logps(model, batch: dict, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def naive_logps(model, batch: dict, pad_id: int = 0, head: str = "chunks") -> tuple[torch.Tensor, torch.Tensor]:
     inputs = naive_inputs(batch, pad_id)
-    return _single_pass(model, inputs), inputs["slot"]
+    return _single_pass(model, inputs, head), inputs["slot"]
 
 
-def packed_logps(model, batch: dict, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def packed_logps(model, batch: dict, pad_id: int = 0, head: str = "chunks") -> tuple[torch.Tensor, torch.Tensor]:
     inputs = packed_inputs(batch, pad_id, _mask_dtype(model))
-    return _single_pass(model, inputs), inputs["slot"]
+    return _single_pass(model, inputs, head), inputs["slot"]
 
 
-def prefix_logps(model, batch: dict, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """KV-cache sharing: prompt[:-1] once, then rows [prompt[-1], response[:-1]] on the expanded cache."""
+class _SharedPromptLayer(DynamicLayer):
+    """One layer of `SharedPromptCache`.
+
+    Prompt pass (`owner` None): keeps the first keys/values [B, h, C, d] it is given and returns them
+    unchanged; a checkpointed layer replays `update` in backward, and keeping the first makes that replay a
+    no-op. Response pass (`owner` [N] set): returns [prompt keys of row i's prompt, new keys] along the
+    sequence, without storing; the index_select runs inside the (checkpointed) layer, so backward keeps
+    the prompt's B rows, not N expanded copies.
+    """
+
+    owner: torch.Tensor | None = None
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if self.owner is None:
+            if not self.is_initialized:
+                self.dtype, self.device = key_states.dtype, key_states.device
+                self.keys, self.values, self.is_initialized = key_states, value_states, True
+            return key_states, value_states
+        return (torch.cat([self.keys.index_select(0, self.owner), key_states], dim=-2),
+                torch.cat([self.values.index_select(0, self.owner), value_states], dim=-2))
+
+
+class SharedPromptCache(DynamicCache):
+    """A read-only-after-the-prompt KV cache: safe to replay under activation checkpointing (see the layer)."""
+
+    def __init__(self):
+        Cache.__init__(self, layer_class_to_replicate=_SharedPromptLayer)
+
+    def share(self, owner: torch.Tensor) -> "SharedPromptCache":
+        """A new cache for the response pass, row i reading prompt owner[i]. A new object, because the
+        prompt pass's checkpointed layers replay `update` on this one in backward (and must still record)."""
+        shared = SharedPromptCache()
+        for layer in self.layers:
+            read = _SharedPromptLayer()
+            read.dtype, read.device, read.is_initialized = layer.dtype, layer.device, True
+            read.keys, read.values, read.owner = layer.keys, layer.values, owner
+            shared.layers.append(read)
+        return shared
+
+
+@contextmanager
+def cache_through_checkpoints(model):
+    """Let checkpointed transformers layers keep `past_key_values` (they drop it by default because a
+    writing cache would be updated twice; SharedPromptCache is replay-safe). Flags are restored after."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    saved = [m.__dict__.get("_can_checkpoint_with_cache") for m in layers]
+    for m in layers:
+        m._can_checkpoint_with_cache = True
+    try:
+        yield
+    finally:
+        for m, value in zip(layers, saved):
+            if value is None:
+                del m._can_checkpoint_with_cache
+            else:
+                m._can_checkpoint_with_cache = value
+
+
+def reentrant_checkpointing(model) -> bool:
+    """True if any checkpointed layer uses torch's reentrant checkpoint (the default when not said)."""
+    for m in model.modules():
+        func = getattr(m, "_gradient_checkpointing_func", None)
+        if getattr(m, "gradient_checkpointing", False) and func is not None:
+            if getattr(func, "keywords", {}).get("use_reentrant", True):
+                return True
+    return False
+
+
+def prefix_logps(model, batch: dict, pad_id: int = 0, head: str = "chunks") -> tuple[torch.Tensor, torch.Tensor]:
+    """KV-cache sharing: prompt[:-1] once, then rows [prompt[-1], response[:-1]] on the shared cache."""
+    if model.training and torch.is_grad_enabled() and checkpointing(model) and reentrant_checkpointing(model):
+        raise ValueError("layout 'prefix' needs non-reentrant activation checkpointing (use_reentrant=False): "
+                         "reentrant checkpointing gives no gradient through the prompt's cache")
     prompt_ids, resp_ids = batch["prompt_ids"], batch["response_ids"]
     dev, K = prompt_ids.device, resp_ids.shape[1]
     plens = batch["prompt_lens"]
     if int(plens.min()) < 2:             # an empty context row would be fully masked: use the reference
-        return naive_logps(model, batch, pad_id)
+        return naive_logps(model, batch, pad_id, head)
     targets = _targets(batch)
     ctx_len = plens - 1
     C = int(ctx_len.max())
     ctx_mask = torch.arange(C, device=dev)[None, :] < ctx_len[:, None]
     ctx_ids = prompt_ids[:, :C].masked_fill(~ctx_mask, pad_id)
-    cache = model(input_ids=ctx_ids, attention_mask=ctx_mask.long(), use_cache=True, logits_to_keep=1).past_key_values
+    cache = SharedPromptCache()
     owner = torch.tensor([b for b, _, _, _ in targets], device=dev)
-    cache.batch_select_indices(owner)    # differentiable indexing: each response gets its prompt's keys/values
     T = max(n for *_, n in targets)
     ids = torch.full((len(targets), T), pad_id, dtype=torch.long, device=dev)
     mask = torch.zeros_like(ids)
@@ -195,21 +241,29 @@ def prefix_logps(model, batch: dict, pad_id: int = 0) -> tuple[torch.Tensor, tor
         slots.append(torch.full((n,), b * K + k, device=dev))
     positions = ctx_len[owner][:, None] + torch.arange(T, device=dev)[None, :]
     keep = mask.bool()
-    logits = _logits(model, keep, input_ids=ids, attention_mask=torch.cat([ctx_mask[owner].long(), mask], 1),
-                     position_ids=positions, past_key_values=cache, use_cache=True)
     row, pred_pos = keep.nonzero(as_tuple=True)          # row-major, the order targets were laid out in
-    return _gather_logps(logits, keep, row, pred_pos, torch.cat(toks)), torch.cat(slots)
+    with cache_through_checkpoints(model):
+        # The prompt pass's only output is the cache; its one kept logit row is the cheapest the API allows.
+        model(input_ids=ctx_ids, attention_mask=ctx_mask.long(), past_key_values=cache, use_cache=True,
+              logits_to_keep=1)
+        lp = target_logps(model, keep, row, pred_pos, torch.cat(toks), head, input_ids=ids,
+                          attention_mask=torch.cat([ctx_mask[owner].long(), mask], 1), position_ids=positions,
+                          past_key_values=cache.share(owner), use_cache=True)
+    return lp, torch.cat(slots)
 
 
 LAYOUTS = {"prefix": prefix_logps, "packed": packed_logps, "naive": naive_logps}
 
 
-def response_logps(model, batch: dict, layout: str = "prefix", pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logp_sum [B, K], lengths [B, K]) for the collated `batch` under `layout` (a key of LAYOUTS)."""
+def response_logps(model, batch: dict, layout: str = "prefix", pad_id: int = 0,
+                   head: str = "chunks") -> tuple[torch.Tensor, torch.Tensor]:
+    """(logp_sum [B, K] fp32, lengths [B, K]) for the collated `batch` under `layout` (a key of LAYOUTS)
+    and `head` (align/train/token_logps.py)."""
     if layout not in LAYOUTS:
-        raise ValueError(f"layout={layout!r}: expected one of {sorted(LAYOUTS)} (resolve 'auto' with choose_layout)")
+        raise ValueError(f"layout={layout!r}: expected one of {sorted(LAYOUTS)} (resolve 'auto' with "
+                         "align.train.layout_choice.decide)")
     B, K = batch["response_lens"].shape
-    lp, slot = LAYOUTS[layout](model, batch, pad_id)
+    lp, slot = LAYOUTS[layout](model, batch, pad_id, head)
     logp_sum = torch.zeros(B * K, dtype=lp.dtype, device=lp.device).index_add(0, slot, lp)
     return logp_sum.view(B, K), batch["response_lens"]
 
@@ -223,60 +277,9 @@ def _mask_dtype(model) -> torch.dtype:
     return dtype if dtype.is_floating_point else torch.float32
 
 
-def _probe_batch(vocab: int, device) -> dict:
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, vocab, (1, 3, 5), generator=g)
-    return {"prompt_ids": ids[:, 0, :4].to(device), "prompt_lens": torch.tensor([4], device=device),
-            "response_ids": ids[:, 1:, :].to(device), "response_lens": torch.tensor([[5, 3]], device=device)}
-
-
 def checkpointing(model) -> bool:
     """Whether activation (gradient) checkpointing is on; transformers renamed the flag in 5.x."""
     for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
         if hasattr(type(model), name) or hasattr(getattr(model, "base_model", None), name):
             return bool(getattr(model, name, False))
     return False
-
-
-def layout_supported(model, layout: str, atol: float | None = None) -> bool:
-    """True if `layout` gives the naive layout's log-probs on a tiny probe batch.
-
-    Catches models that reject the layout's inputs (an exception) and models that silently ignore them
-    (a mismatch, e.g. a 4D mask dropped: responses would see each other). One forward per layout,
-    without gradients, in eval mode; the modules' train/eval flags are restored exactly.
-    """
-    if layout == "prefix" and checkpointing(model):
-        return False                     # checkpointed layers drop `past_key_values` in training
-    try:
-        vocab = model.get_input_embeddings().num_embeddings
-        device = next(model.parameters()).device
-    except (AttributeError, StopIteration, NotImplementedError):
-        return False
-    batch = _probe_batch(min(vocab, 1000), device)
-    if atol is None:
-        atol = 1e-4 if _mask_dtype(model) == torch.float32 else 2e-2
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            tried, _ = response_logps(model, batch, layout)
-            naive, _ = response_logps(model, batch, "naive")
-        return bool(torch.allclose(tried, naive, atol=atol, rtol=0))
-    except Exception:  # any failure of an efficient path means: try the next one
-        return False
-    finally:
-        for m, mode in modes:
-            m.training = mode
-
-
-def packing_supported(model) -> bool:
-    return layout_supported(model, "packed")
-
-
-def choose_layout(model, requested: str = "auto") -> str:
-    """Resolve "auto" to the first supported of prefix, packed, naive; other names are taken as given."""
-    if requested != "auto" and requested not in LAYOUTS:
-        raise ValueError(f"packing={requested!r}: expected 'auto' or one of {sorted(LAYOUTS)}")
-    if requested != "auto":
-        return requested
-    return next((name for name in ("prefix", "packed") if layout_supported(model, name)), "naive")

@@ -26,11 +26,12 @@ import torch
 from transformers import Trainer
 
 from align.prompting import format_prompt
-from align.tokenization import completion_ids, eos_id, prompt_ids
+from align.tokenization import encode, eos_id
 from align.train.checkpoints import fit, peft_model
 from align.train.config import DEFAULT_RANK_MAX_LENGTH, rank_loss_config
 from align.train.losses import RankLossConfig, get_loss
-from align.train.packing import checkpointing, choose_layout, response_logps
+from align.train.layout_choice import Decision, decide
+from align.train.packing import checkpointing, response_logps
 from align.train.trl_train import cpu_safe_defaults
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,7 @@ class RankCollator:
         responses, scores = row.get("responses"), row.get("scores")
         if not isinstance(row.get("prompt"), str) or not responses or len(scores or []) != len(responses):
             raise ValueError(f"rank row needs 'prompt', non-empty 'responses' and as many 'scores'; got keys {sorted(row)}")
-        prompt = prompt_ids(self.tokenizer, format_prompt(row["prompt"]))
-        return prompt, [completion_ids(self.tokenizer, code.strip("\n") + "\n") for code in responses]
+        return encode(self.tokenizer, format_prompt(row["prompt"]), [code.strip("\n") + "\n" for code in responses])
 
     def encode(self, row: dict) -> tuple[list[int], list[list[int]], list[float], list[bool]]:
         prompt, resp = self.tokens(row)
@@ -147,24 +147,39 @@ class RankTrainer(Trainer):
         self.loss_fn = get_loss(self.loss_config.loss)
         self.packing = packing
         self.layout: str | None = None
-        self._layouts: dict[bool, str] = {}    # by checkpointing on/off: Trainer may switch it on in train()
+        self._layouts: dict[bool, Decision] = {}   # by checkpointing on/off: Trainer may switch it on in train()
+        self.decision: Decision | None = None
         self.pad_id = getattr(data_collator, "pad_id", 0)
         # Our loss is a batch mean: let Trainer divide by the accumulation steps itself.
         self.model_accepts_loss_kwargs = False
         self._parts: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
 
     def _resolve_layout(self, model) -> str:
+        """The layout for the current checkpointing state, decided once (align/train/layout_choice.py).
+
+        Every rank runs the probe (its forwards are collective under ZeRO-3) and every rank then takes
+        rank 0's decision, so ranks never run different layouts (different forwards would deadlock
+        ZeRO-3's parameter gathers).
+        """
         unwrapped = self.accelerator.unwrap_model(model)
         key = checkpointing(unwrapped)
         if key not in self._layouts:
-            self._layouts[key] = choose_layout(unwrapped, self.packing)
-            log.info("RankTrainer: %s layout (checkpointing %s)", self._layouts[key], "on" if key else "off")
-        self.layout = self._layouts[key]
+            decision = decide(unwrapped, self.packing)
+            if self.accelerator.num_processes > 1:
+                from accelerate.utils import broadcast_object_list
+
+                decision = broadcast_object_list([decision], from_process=0)[0]
+            self._layouts[key] = decision
+            if self.accelerator.is_main_process:   # a refused faster layout is worth a warning
+                log.log(logging.WARNING if decision.reasons else logging.INFO, "RankTrainer: %s (requested %s, "
+                        "checkpointing %s)", decision.describe(), self.packing, "on" if key else "off")
+        self.decision = self._layouts[key]
+        self.layout = self.decision.layout
         return self.layout
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         layout = self._resolve_layout(model)
-        logp_sum, lengths = response_logps(model, inputs, layout, self.pad_id)
+        logp_sum, lengths = response_logps(model, inputs, layout, self.pad_id, self.decision.head)
         out = self.loss_fn(logp_sum, lengths, inputs["scores"], inputs["teacher"], self.loss_config)
         mode = "train" if model.training else "eval"
         for key in ("rank_loss", "ft_loss"):
@@ -222,6 +237,7 @@ def train_rank(model_path: str, rows: list[dict], output_dir: str, loss_config: 
     if last:
         metrics.update({f"last_{k}": last[-1][k] for k in ("loss", "rank_loss", "ft_loss", "pairs") if k in last[-1]})
     metrics["layout"] = trainer.layout
+    metrics["layout_decision"] = trainer.decision.describe() if trainer.decision else None
     if trainer.is_world_process_zero():
         metrics.update({f"truncation_{k}": v for k, v in trainer.data_collator.truncation_stats(rows).items()})
     return metrics

@@ -294,3 +294,47 @@ def test_cli_samples_resumes_and_repairs_a_killed_write(tiny_dir, tmp_path, caps
     with pytest.raises(SystemExit):
         main([*args, "-o", "batchsize=3"])
     assert "unknown option 'batchsize'" in capsys.readouterr().err
+
+
+def test_vllm_backend_glue_on_cpu_with_a_recording_engine(tiny_dir, monkeypatch, backend):
+    """CPU coverage of VLLMBackend (the GPU test runs the real engine): what vllm.LLM and
+    vllm.SamplingParams receive, the prompts' token ids (chat template included, as the hf backend
+    encodes them), greedy copies, and usage. The engine here is a recorder, not a model."""
+    import types
+
+    from align.backends.base import encode_prompt
+
+    seen = {}
+
+    class LLM:
+        def __init__(self, model, **kwargs):
+            seen["llm"] = {"model": model, **kwargs}
+
+        def get_tokenizer(self):
+            return backend.tokenizer
+
+        def generate(self, prompts, sp, use_tqdm):
+            seen["prompts"], seen["sp"] = prompts, sp
+            out = types.SimpleNamespace
+            return [out(prompt_token_ids=p["prompt_token_ids"],
+                        outputs=[out(text=f"t{i}.{j}\nSTOP tail", token_ids=[1, 2]) for j in range(sp.kw["n"])])
+                    for i, p in enumerate(prompts)]
+
+    class VSampling:
+        def __init__(self, **kw):
+            self.kw = kw
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=VSampling))
+    b = load_backend("vllm", tiny_dir, tensor_parallel_size=2, enforce_eager=True)
+    assert seen["llm"] == {"model": tiny_dir, "tensor_parallel_size": 2, "dtype": "auto",
+                           "gpu_memory_utilization": 0.9, "enforce_eager": True}
+    chat = [{"role": "user", "content": "add"}]
+    got = b.generate(["def f():", chat], SamplingParams(n=3, temperature=0.7, top_p=0.9, max_new_tokens=5,
+                                                        stop=["\nSTOP", ""], seed=4))
+    assert got == [[f"t0.{j}" for j in range(3)], [f"t1.{j}" for j in range(3)]]
+    assert seen["sp"].kw == {"n": 3, "temperature": 0.7, "top_p": 0.9, "max_tokens": 5, "stop": ["\nSTOP"], "seed": 4}
+    assert [p["prompt_token_ids"] for p in seen["prompts"]] == [encode_prompt(backend.tokenizer, p)
+                                                               for p in ["def f():", chat]]
+    assert b.usage["requests"] == 2 and b.usage["completion_tokens"] == 12
+    greedy = b.generate(["x"], SamplingParams(n=2, temperature=0, stop=[]))
+    assert seen["sp"].kw["n"] == 1 and seen["sp"].kw["top_p"] == 1.0 and greedy == [["t0.0\nSTOP tail"] * 2]

@@ -149,11 +149,11 @@ def test_lora_rrtf_trains_the_adapter_only_and_saves_a_merged_model(model_dir, t
     assert changed and all("c_attn.weight" in k for k in changed)   # only what the adapter merged into
 
 
-def test_gradient_checkpointing_switches_to_packed(tokenizer, tmp_path):
+def test_gradient_checkpointing_keeps_prefix(tokenizer, tmp_path):
     trainer = RankTrainer(model=tiny_model(len(tokenizer)), args=args(tmp_path, max_steps=1, activation_checkpointing=True),
                           train_dataset=ROWS, processing_class=tokenizer, loss_config={"loss": "rrtf"})
     trainer.train()
-    assert trainer.layout == "packed"
+    assert trainer.layout == "prefix"
 
 
 def test_model_init_kwargs_reach_from_pretrained(model_dir, tmp_path):
