@@ -88,6 +88,18 @@ def _reason(row: dict) -> str:
     return f"{code} ({REASONS[code]})" if code in REASONS else code
 
 
+def rejections_table(root: Path) -> list[str]:
+    """Dropped evolutions per round, operator and reason code (evol/reasons.py), as markdown lines."""
+    path = root / "rejected.jsonl"
+    rows = [r for r in read_jsonl(path) if r.get("code")] if path.exists() else []
+    if not rows:
+        return []
+    counts = Counter((r.get("round"), r.get("operator") or "-", r["code"]) for r in rows)
+    return ["", "Dropped problems by round, operator and reason code:", "",
+            "| round | operator | code | problems |", "|---|---|---|---|",
+            *(f"| {rnd} | {op} | {code} | {n} |" for (rnd, op, code), n in sorted(counts.items(), key=str))]
+
+
 def funnel(root: Path, train_rows: int | None) -> list[tuple[str, int]]:
     """Problems from seeds to training rows, with rejections by reason."""
     problems = read_jsonl(root / "problems.jsonl") if (root / "problems.jsonl").exists() else []
@@ -244,6 +256,7 @@ def write_report(run: Any, *, title: str, method: str, models: dict[str, Any], e
     md += ["## Problems", "", "| step | problems |", "|---|---|"]
     train_rows = train_stage.stats.get("rows") if train_stage else None
     md += [f"| {k} | {v} |" for k, v in funnel(root, train_rows)]
+    md += rejections_table(root)
     md += ["", "## Stages", "", "| stage | this run | seconds |", "|---|---|---|"]
     md += [f"| {r.name} | {'reused' if r.skipped else 'ran'} | {r.seconds:.1f} |" for r in run.results]
     if total_s is not None:

@@ -40,6 +40,9 @@ def parser(method: str, doc: str) -> argparse.ArgumentParser:
     p.add_argument("--ray-address", default=None, help="Ray cluster to join ('auto' on a cluster)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved plan and a per-GPU memory estimate; load no weights")
+    p.add_argument("--push-to-hub", default=None, metavar="REPO",
+                   help="upload the run's datasets (datasets/*) to Hub dataset repos REPO-<name>, or copy "
+                        "them to a local folder REPO/<name>")
     p.add_argument("--stand-in", action="store_true",
                    help="run the preset on CPU with small random-init models of the same classes (align.standin)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value")

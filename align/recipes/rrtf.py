@@ -16,7 +16,6 @@ import os
 import sys
 import time
 from dataclasses import asdict
-from functools import partial
 from pathlib import Path
 
 from align import fanout, report, stages
@@ -156,15 +155,8 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
 
     # 4. Execute every candidate's tests in the sandbox (Ray tasks, one sandbox per task).
     def execute() -> dict:
-        fanout.init_ray(cfg.ray_address, cfg.num_cpus)
-        rows = stages.execution_rows(candidates, problems)
-        fp = run.fingerprint(asdict(cfg.execute), [run.path("candidates.jsonl")])
-        fn = partial(stages.execute_shard, cfg=asdict(cfg.execute))
-        verdicts = run.sharded("execute", rows, cfg.execute.shard_size, fn, fp,
-                               # two sandbox workers per core keep a core busy (docs/sandbox.md)
-                               executor=lambda f, shards: fanout.ray_map(
-                                   f, shards, max(1, cfg.execute.workers // 2),
-                                   progress=fanout.Progress(sum(map(len, shards)), "[execute]", "candidates", log)))
+        verdicts = stages.execute_candidates(run, cfg.execute, candidates, problems, [run.path("candidates.jsonl")],
+                                             cfg.ray_address, cfg.num_cpus)
         write_jsonl(run.path("verdicts.jsonl"), verdicts)
         return {"verdicts": len(verdicts)}
     run.stage("execute", config=asdict(cfg.execute), inputs=[run.path("candidates.jsonl")],
@@ -253,6 +245,9 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
     skipped = [r.name for r in run.results if r.skipped]
     print(f"\nstages skipped: {', '.join(skipped) or 'none'}; total {time.time() - t_start:.0f}s; "
           f"artifacts in {run.root}")
+    if args.push_to_hub:
+        from align.publish import push_all
+        push_all(run.path("datasets"), args.push_to_hub, log)
     return result
 
 

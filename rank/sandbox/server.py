@@ -190,8 +190,11 @@ def zygote_main(ctrl, server_pid=None):
     for name in WARM:                                   # what candidates commonly import, loaded once
         __import__(name)
     if server_pid is not None:
-        from rank.sandbox.seccomp import candidate_filter, installer
-        _PROTECT[0] = installer(candidate_filter(server_pid))
+        from rank.sandbox.seccomp import UnsupportedArch, candidate_filter, installer
+        try:
+            _PROTECT[0] = installer(candidate_filter(server_pid))
+        except UnsupportedArch:         # reached only with SandboxConfig(seccomp=False): the host
+            pass                        # refuses this machine otherwise (rank.sandbox.host._filter)
     _warm_up()
     import gc
     gc.freeze()

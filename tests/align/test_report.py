@@ -107,3 +107,17 @@ def test_training_curves_go_to_tensorboard_and_log_history(tmp_path):
         tb = [(e.step, e.value) for e in acc.Scalars(f"train/{key}")]
         assert tb == [(h["step"], pytest.approx(h[key], rel=1e-6)) for h in logged if key in h and "step" in h], key
         assert len(tb) == 2
+
+
+def test_rejections_by_round_operator_and_code(tmp_path):
+    from align.report import rejections_table
+    from rank.records import write_jsonl
+
+    assert rejections_table(tmp_path) == []
+    write_jsonl(tmp_path / "rejected.jsonl", [
+        {"round": 1, "operator": "add_step", "code": "refusal", "detail": "x"},
+        {"round": 1, "operator": "add_step", "code": "refusal", "detail": "y"},
+        {"round": 2, "operator": "complexity", "code": "reference_fails", "detail": "z"},
+        {"reason": "an old row without a code"}])
+    lines = rejections_table(tmp_path)
+    assert "| 1 | add_step | refusal | 2 |" in lines and "| 2 | complexity | reference_fails | 1 |" in lines

@@ -50,14 +50,11 @@ def test_rank_collator_trains_on_what_sampling_sees(llama_tokenizer):
                                                                 [ROW["responses"][0] + "\n"])[1][0]
 
 
-def test_hf_backend_encodes_prompts_by_the_same_rule(llama_tokenizer):
-    from align.backends.hf import HFBackend
+def test_sampling_encodes_prompts_by_the_same_rule(llama_tokenizer):
+    from align.backends.base import encode_prompt   # what the hf and vllm backends encode with
 
-    cfg = transformers.LlamaConfig(vocab_size=len(llama_tokenizer), hidden_size=16, intermediate_size=32,
-                                   num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)
-    backend = HFBackend(transformers.LlamaForCausalLM(cfg), tokenizer=llama_tokenizer)
     text = format_prompt(ROW["prompt"])
-    assert backend.encode([text]) == [prompt_ids(llama_tokenizer, text)]
+    assert encode_prompt(llama_tokenizer, text) == prompt_ids(llama_tokenizer, text)
 
 
 def test_trl_rows_follow_the_rule(llama_tokenizer, tmp_path):
