@@ -104,6 +104,16 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
     dump(cfg, run.path("config.yaml"))
     log(f"run directory: {run.root}")
 
+    # 0. Benchmark problems, loaded first so that a missing or malformed benchmark fails before any
+    #    sampling (eval.benchmarks; by default HumanEval and MBPP's test split for a registry base).
+    suites = {"heldout": "heldout.jsonl"}
+    for spec in stages.benchmarks(cfg):
+        name = stages.suite_name(spec)
+        suites[name] = f"benchmarks/{name}.jsonl"
+        run.stage(f"benchmark-{name}", config=[spec, cfg.eval.limit], inputs=[], outputs=[suites[name]],
+                  fn=lambda spec=spec, name=name: {"problems": write_jsonl(
+                      run.path(suites[name]), load_source(spec, cfg.eval.limit))})
+
     # 1. Models: registry names / hub ids / paths; built entries (the tiny models) build once, cached.
     models = resolve_models(cfg, log, stand_ins)
     student = models[cfg.models.student.ref]
@@ -134,7 +144,9 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
         out, usage = [], {}
         for spec, path, role in roles:
             # Restarted when its process dies; a shard whose actor is gone is re-run on another.
-            actors = fanout.start_actors(stages.Sampler, (asdict(spec), path, role), spec.replicas,
+            # No more actors than shards: an idle replica would only hold resources.
+            replicas = min(spec.replicas, max(1, -(-len(rows) // cfg.sample.shard_size)))
+            actors = fanout.start_actors(stages.Sampler, (asdict(spec), path, role), replicas,
                                          stages.actor_resources(spec))
             fp = run.fingerprint([asdict(spec), path, role], [run.path("problems.jsonl")])
             out += run.sharded(f"sample-{role}-{spec.ref.replace('/', '_').replace(':', '_')}", rows,
@@ -201,13 +213,6 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
     # 7. pass@1 of the student before and after, and of the first teacher, each with its own backend
     #    and template: on the held-out problems and on each benchmark (eval.benchmarks; by default
     #    HumanEval and MBPP's test split for a registry base).
-    suites = {"heldout": "heldout.jsonl"}
-    for spec in stages.benchmarks(cfg):
-        name = stages.suite_name(spec)
-        suites[name] = f"benchmarks/{name}.jsonl"
-        run.stage(f"benchmark-{name}", config=[spec, cfg.eval.limit], inputs=[], outputs=[suites[name]],
-                  fn=lambda spec=spec, name=name: {"problems": write_jsonl(
-                      run.path(suites[name]), load_source(spec, cfg.eval.limit))})
     evals: dict = {}
     eval_stages: dict = {}     # suite -> model label -> stage (its artifacts eval/<stage>.json(l)): the report's input
     for suite, data in suites.items():
