@@ -20,7 +20,8 @@ rules, then a probe) and that layout runs against "naive" (k right-padded rows p
 repeated: the public RRHF code's layout), both with the same chunked logits head and the same init:
 - tokens/s: data tokens per step (each prompt once + all responses, the same for both) over the fastest
   of --steps timed steps after a warm-up step; the two take their steps alternately, so they share the
-  machine's load;
+  machine's load. On CPU the step time is this process's CPU time (time.process_time, one thread):
+  on a machine shared by many jobs, wall time mostly measures the wait for a core;
 - peak memory of a step: on CPU, the growth of this process's peak RSS during the step (VmHWM reset
   through /proc/self/clear_refs before it; glibc's mmap threshold pinned at 1 MB so freed tensors leave
   RSS): activations, gradients and temporaries; optimizer state exists from the warm-up step on and is
@@ -115,11 +116,14 @@ class Meter:
         else:
             Path("/proc/self/clear_refs").write_text("5")    # VmHWM := current RSS
             base = self._status("VmRSS:")
-        t0 = time.perf_counter()
+        # CPU: this process's CPU time (one thread), which the other tenants of a loaded machine do not
+        # inflate as they do wall time; CUDA: wall time after a synchronize.
+        clock = time.perf_counter if self.cuda else time.process_time
+        t0 = clock()
         fn()
         if self.cuda:
             torch.cuda.synchronize()
-        seconds = time.perf_counter() - t0
+        seconds = clock() - t0
         peak = torch.cuda.max_memory_allocated() / 2**20 if self.cuda else self._status("VmHWM:")
         return seconds, peak - base
 
@@ -244,7 +248,7 @@ def main() -> None:
     p.add_argument("--embd", type=int, default=128)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--vocab", type=int, default=256)
-    p.add_argument("--steps", type=int, default=2, help="timed steps per layout (one fewer for large cells)")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per layout (one fewer for large cells)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
