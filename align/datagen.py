@@ -3,7 +3,7 @@
     gen = text_fn(spec, path, run, "evolve-r1")            # list[str] -> list[str], Ray actors, resumable
     problems, rejected, stats = problems_stage(cfg, run, models)
 
-evol never imports align (DESIGN.md §2): it takes `generate(prompts) -> texts`. Here a model entry
+evol never imports align (docs/design.md §2): it takes `generate(prompts) -> texts`. Here a model entry
 (`ModelSpec`: backend, template, options, replicas) becomes that callable. An instruction is shown
 to the model through its template like a problem statement (a chat model gets one user message, an
 alpaca model its instruction format), and generation stops only at the end of text: the answers are
@@ -56,8 +56,7 @@ def text_fn(spec: Any, path: str, run: Any, stage: str, ray_address: str | None 
         if not prompts:
             return []
         fanout.init_ray(ray_address, num_cpus)
-        actor = ray.remote(**stages.actor_resources(spec))(TextGenerator)
-        actors = [actor.remote(asdict(spec), path) for _ in range(spec.replicas)]
+        actors = fanout.start_actors(TextGenerator, (asdict(spec), path), spec.replicas, stages.actor_resources(spec))
         try:
             rows = run.sharded(stage, [{"i": i, "prompt": p} for i, p in enumerate(prompts)], shard_size, None,
                                run.fingerprint([asdict(spec), path, prompts], []),
@@ -91,7 +90,7 @@ def evolve_spec(cfg: Any) -> Any | None:
 
 def problems_stage(cfg: Any, run: Any, model_path: Callable[[str], str]) -> dict:
     """Seeds, Evol-Instruct rounds (built-in tasks programmatically, others with `evolve.model`),
-    dedup of what evolution made, decontamination of everything against benchmark test problems.
+    exact + near dedup among the evolved problems, decontamination of all against benchmark test problems.
     Writes problems.jsonl, rejected.jsonl, decontamination.json and datasets/problems; returns stats."""
     from align import stages
     from align.publish import DatasetCard, write_dataset
@@ -112,10 +111,12 @@ def problems_stage(cfg: Any, run: Any, model_path: Callable[[str], str]) -> dict
     res: EvolveResult = evolve(seeds, rounds=cfg.evolve.rounds, operators=cfg.evolve.operators, seed=cfg.evolve.seed,
                                generate=generate, framing=cfg.evolve.framing, run_tests=runner,
                                agreement_samples=cfg.evolve.agreement_samples)
-    seed_ids = {p.id for p in seeds}
-    kept, dropped, report = dedup_and_decontaminate(res.problems, benchmarks=decontamination_suites(cfg),
-                                                    threshold=cfg.data.dedup_threshold,
-                                                    droppable=lambda p: p.id not in seed_ids)
+    # Near duplicates among the evolutions only: an evolution is by design a small edit of its parent.
+    evolved, dropped, _ = dedup_and_decontaminate(res.evolved, threshold=cfg.data.dedup_threshold)
+    kept, contaminated, report = dedup_and_decontaminate(
+        [p for p in res.problems if p.lineage.round == 0] + evolved, benchmarks=decontamination_suites(cfg),
+        droppable=lambda p: False)
+    dropped += contaminated
     by_id = {p.id: p for p in res.problems}
     for d in dropped:
         p = by_id[d["id"]]

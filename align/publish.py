@@ -136,3 +136,14 @@ def push(folder: str | Path, repo: str, private: bool = False) -> str:
     api.create_repo(repo, repo_type="dataset", private=private, exist_ok=True)
     api.upload_folder(repo_id=repo, folder_path=str(folder), repo_type="dataset")
     return f"https://huggingface.co/datasets/{repo}"
+
+
+def push_all(datasets_dir: str | Path, repo: str, log=print) -> list[str]:
+    """Push every dataset folder under `datasets_dir`: to Hub repos `<repo>-<name>`, or, for a local
+    `repo`, to `<repo>/<name>`. Returns where each went."""
+    out = []
+    for folder in sorted(p for p in Path(datasets_dir).iterdir() if (p / "README.md").exists()):
+        target = f"{repo.rstrip('/')}/{folder.name}" if is_local(repo) else f"{repo}-{folder.name}"
+        out.append(push(folder, target))
+        log(f"pushed {folder} to {out[-1]}")
+    return out

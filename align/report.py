@@ -80,9 +80,24 @@ def paired(before: list[dict], after: list[dict]) -> tuple[int, int]:
 
 # ------------------------------------------------------------------ reading the run
 
-def _reason(text: str) -> str:
-    """'too deep (4 > 3)' -> 'too deep'; 'invalid composition: ...' -> 'invalid composition'."""
-    return text.split(":")[0].split(" (")[0].strip() or "unknown"
+def _reason(row: dict) -> str:
+    """A rejection's reason code with its meaning (evol/reasons.py): 'too_deep (the composition is ...)'."""
+    from evol.reasons import REASONS
+
+    code = row.get("code") or str(row.get("reason", "unknown")).split(":")[0]   # runs before reason codes
+    return f"{code} ({REASONS[code]})" if code in REASONS else code
+
+
+def rejections_table(root: Path) -> list[str]:
+    """Dropped evolutions per round, operator and reason code (evol/reasons.py), as markdown lines."""
+    path = root / "rejected.jsonl"
+    rows = [r for r in read_jsonl(path) if r.get("code")] if path.exists() else []
+    if not rows:
+        return []
+    counts = Counter((r.get("round"), r.get("operator") or "-", r["code"]) for r in rows)
+    return ["", "Dropped problems by round, operator and reason code:", "",
+            "| round | operator | code | problems |", "|---|---|---|---|",
+            *(f"| {rnd} | {op} | {code} | {n} |" for (rnd, op, code), n in sorted(counts.items(), key=str))]
 
 
 def funnel(root: Path, train_rows: int | None) -> list[tuple[str, int]]:
@@ -92,7 +107,7 @@ def funnel(root: Path, train_rows: int | None) -> list[tuple[str, int]]:
     seeds = sum(1 for p in problems if not p.get("lineage", {}).get("round"))
     rows = [("seed problems kept", seeds), ("evolved problems kept", len(problems) - seeds)]
     # rows carry a reason code (evol/reasons.py); older runs only a reason text
-    for reason, n in Counter(r.get("code") or _reason(str(r.get("reason", ""))) for r in rejected).most_common():
+    for reason, n in Counter(_reason(r) for r in rejected).most_common():
         rows.append((f"rejected: {reason}", n))
     rows.append(("problems sampled", len(problems)))
     if (root / "ranked.jsonl").exists():
@@ -241,6 +256,7 @@ def write_report(run: Any, *, title: str, method: str, models: dict[str, Any], e
     md += ["## Problems", "", "| step | problems |", "|---|---|"]
     train_rows = train_stage.stats.get("rows") if train_stage else None
     md += [f"| {k} | {v} |" for k, v in funnel(root, train_rows)]
+    md += rejections_table(root)
     md += ["", "## Stages", "", "| stage | this run | seconds |", "|---|---|---|"]
     md += [f"| {r.name} | {'reused' if r.skipped else 'ran'} | {r.seconds:.1f} |" for r in run.results]
     if total_s is not None:

@@ -1,4 +1,4 @@
-"""Run directories and resumable stages (DESIGN.md §4).
+"""Run directories and resumable stages (docs/design.md §4).
 
 `runs/<name>/` holds `config.yaml`, one artifact per stage, and `stages/<stage>.json`
 manifests recording the fingerprint (hash of the stage's config and of its input files) of

@@ -137,6 +137,25 @@ def execution_rows(candidates: list[Candidate], problems: dict[str, Problem]) ->
     return [asdict(job_for(problems[c.problem_id], c.code, c.id)) for c in candidates]
 
 
+def execute_candidates(run: Any, execute_cfg: Any, candidates: list[Candidate], problems: dict[str, Problem],
+                       inputs: list, ray_address: str | None = None, num_cpus: int | None = None) -> list[dict]:
+    """Every candidate's tests in the sandbox, as Ray tasks over resumable shards of `run`
+    (`execute.shards/`); `inputs` are the files the candidates came from (the shards' fingerprint).
+    Returns Verdict dicts. Shared by the loop and the self-instruct job."""
+    from functools import partial
+
+    from align import fanout
+
+    fanout.init_ray(ray_address, num_cpus)
+    rows = execution_rows(candidates, problems)
+    fn = partial(execute_shard, cfg=asdict(execute_cfg))
+    return run.sharded("execute", rows, execute_cfg.shard_size, fn, run.fingerprint(asdict(execute_cfg), inputs),
+                       # two sandbox workers per core keep a core busy (docs/sandbox.md)
+                       executor=lambda f, shards: fanout.ray_map(
+                           f, shards, max(1, execute_cfg.workers // 2),
+                           progress=fanout.Progress(sum(map(len, shards)), "[execute]", "candidates", run.log)))
+
+
 # ------------------------------------------------------------------ ranking
 
 def rank_groups(problems: dict[str, Problem], candidates: list[Candidate], verdicts: list[Verdict],

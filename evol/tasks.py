@@ -1,6 +1,6 @@
 """The built-in task family: small Python list functions composed from a table of primitives.
 
-This is the data behind the embedded CPU default (`--base tiny`, DESIGN.md §8). A task is a
+This is the data behind the embedded CPU default (`--base tiny`, docs/design.md §10). A task is a
 pipeline of list transforms ending in one terminal step, and every clause of the spec maps to
 exactly one line of canonical code, so a tiny transformer can learn the mapping in minutes:
 
@@ -37,7 +37,7 @@ from rank.records import Lineage, Problem, content_id
 ENTRY_POINT = "f"
 SIGNATURE = f"def {ENTRY_POINT}(xs):"
 HELDOUT_BUCKETS = 5          # 1 in 5 primitive sets is held out
-N_TESTS = 6                  # tests per task (>= 5, DESIGN.md §8)
+N_TESTS = 6                  # tests per task (>= 5, docs/design.md §10)
 MIN_DISTINCT_OUTPUTS = 3     # tests must tell apart more than a constant function
 SPLITS = ("train", "heldout")
 FAMILY = "listfn/v1"

@@ -1,4 +1,4 @@
-"""The records that flow between stages, defined once (DESIGN.md §3).
+"""The records that flow between stages, defined once (docs/design.md §3).
 
 Every stage reads and writes JSON Lines of these records. Reading validates each row
 and raises `RecordError` naming the file, the line and the field, so a bad row in a
@@ -42,7 +42,7 @@ class RecordError(ValueError):
 
 
 def content_id(*parts: Any) -> str:
-    """A stable 16-hex-digit id from the JSON of `parts` (content hashing, DESIGN.md §3)."""
+    """A stable 16-hex-digit id from the JSON of `parts` (content hashing, docs/design.md §3)."""
     blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

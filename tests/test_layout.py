@@ -1,4 +1,4 @@
-"""The dependency direction of DESIGN.md §2: align -> evol -> rank; rank is standard library only."""
+"""The dependency direction of docs/design.md §2: align -> evol -> rank; rank is standard library only."""
 import ast
 import re
 import subprocess
@@ -92,3 +92,19 @@ def test_one_atomic_writer():
                 if any(w in code for w in _IN_PLACE_WRITES) or re.search(r"open\([^)]*['\"][wax]b?['\"]", code):
                     offenders.append(f"{rel}:{n}: {line.strip()}")
     assert not offenders, "write artifacts with rank.records.write_atomic / write_jsonl:\n" + "\n".join(offenders)
+
+
+def test_the_repository_cites_only_its_own_design_document():
+    """Docstrings and docs cite docs/design.md (and sections it has), never a document outside the repository."""
+    sections = set(re.findall(r"^## (\d+)\.", (ROOT / "docs/design.md").read_text(), re.M))
+    bad = []
+    files = [*ROOT.glob("*.md"), *(ROOT / "docs").glob("*.md")]
+    files += [f for pkg in ("align", "evol", "rank", "tests", "bench") for f in (ROOT / pkg).rglob("*.py")]
+    for f in files:
+        if f == Path(__file__):
+            continue
+        text = f.read_text()
+        bad += [f"{f.relative_to(ROOT)}: {m}" for m in re.findall(r"DESIGN\.md|STACK-NOTES|INTERFACES|CONTRACTS\.md", text)]
+        bad += [f"{f.relative_to(ROOT)}: §{n} (no such section)"
+                for n in re.findall(r"docs/design\.md §(\d+)", text) if n not in sections]
+    assert not bad, "\n".join(bad)

@@ -1,4 +1,4 @@
-"""The backend contract every generation backend meets (INTERFACES §1): prompts, sampling
+"""The backend contract every generation backend meets (docs/design.md §5): prompts, sampling
 parameters, options, resources and usage. Standard library only: the config loader checks
 backend names and options through here without importing torch, vLLM or the openai client.
 """

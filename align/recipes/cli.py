@@ -31,7 +31,7 @@ def parser(method: str, doc: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"python -m align.recipes.{method}", description=doc,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Overrides: any config field as section.key=value, e.g.\n"
-                                       "  train.args.learning_rate=1e-5 sample.student.n=8 evolve.rounds=2\n"
+                                       "  train.args.learning_rate=1e-5 models.student.sample.n=8 models.teachers.0.sample.n=2\n"
                                        f"Presets: {RECIPES}/<base>/{method}.yaml")
     p.add_argument("--base", default="tiny", help="model family preset (default: tiny, the embedded CPU loop)")
     p.add_argument("--config", action="append", default=[], metavar="YAML",
@@ -40,6 +40,9 @@ def parser(method: str, doc: str) -> argparse.ArgumentParser:
     p.add_argument("--ray-address", default=None, help="Ray cluster to join ('auto' on a cluster)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved plan and a per-GPU memory estimate; load no weights")
+    p.add_argument("--push-to-hub", default=None, metavar="REPO",
+                   help="upload the run's datasets (datasets/*) to Hub dataset repos REPO-<name>, or copy "
+                        "them to a local folder REPO/<name>")
     p.add_argument("--stand-in", action="store_true",
                    help="run the preset on CPU with small random-init models of the same classes (align.standin)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value")

@@ -16,7 +16,6 @@ import os
 import sys
 import time
 from dataclasses import asdict
-from functools import partial
 from pathlib import Path
 
 from align import fanout, report, stages
@@ -105,6 +104,16 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
     dump(cfg, run.path("config.yaml"))
     log(f"run directory: {run.root}")
 
+    # 0. Benchmark problems, loaded first so that a missing or malformed benchmark fails before any
+    #    sampling (eval.benchmarks; by default HumanEval and MBPP's test split for a registry base).
+    suites = {"heldout": "heldout.jsonl"}
+    for spec in stages.benchmarks(cfg):
+        name = stages.suite_name(spec)
+        suites[name] = f"benchmarks/{name}.jsonl"
+        run.stage(f"benchmark-{name}", config=[spec, cfg.eval.limit], inputs=[], outputs=[suites[name]],
+                  fn=lambda spec=spec, name=name: {"problems": write_jsonl(
+                      run.path(suites[name]), load_source(spec, cfg.eval.limit))})
+
     # 1. Models: registry names / hub ids / paths; built entries (the tiny models) build once, cached.
     models = resolve_models(cfg, log, stand_ins)
     student = models[cfg.models.student.ref]
@@ -135,7 +144,9 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
         out, usage = [], {}
         for spec, path, role in roles:
             # Restarted when its process dies; a shard whose actor is gone is re-run on another.
-            actors = fanout.start_actors(stages.Sampler, (asdict(spec), path, role), spec.replicas,
+            # No more actors than shards: an idle replica would only hold resources.
+            replicas = min(spec.replicas, max(1, -(-len(rows) // cfg.sample.shard_size)))
+            actors = fanout.start_actors(stages.Sampler, (asdict(spec), path, role), replicas,
                                          stages.actor_resources(spec))
             fp = run.fingerprint([asdict(spec), path, role], [run.path("problems.jsonl")])
             out += run.sharded(f"sample-{role}-{spec.ref.replace('/', '_').replace(':', '_')}", rows,
@@ -156,15 +167,8 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
 
     # 4. Execute every candidate's tests in the sandbox (Ray tasks, one sandbox per task).
     def execute() -> dict:
-        fanout.init_ray(cfg.ray_address, cfg.num_cpus)
-        rows = stages.execution_rows(candidates, problems)
-        fp = run.fingerprint(asdict(cfg.execute), [run.path("candidates.jsonl")])
-        fn = partial(stages.execute_shard, cfg=asdict(cfg.execute))
-        verdicts = run.sharded("execute", rows, cfg.execute.shard_size, fn, fp,
-                               # two sandbox workers per core keep a core busy (docs/sandbox.md)
-                               executor=lambda f, shards: fanout.ray_map(
-                                   f, shards, max(1, cfg.execute.workers // 2),
-                                   progress=fanout.Progress(sum(map(len, shards)), "[execute]", "candidates", log)))
+        verdicts = stages.execute_candidates(run, cfg.execute, candidates, problems, [run.path("candidates.jsonl")],
+                                             cfg.ray_address, cfg.num_cpus)
         write_jsonl(run.path("verdicts.jsonl"), verdicts)
         return {"verdicts": len(verdicts)}
     run.stage("execute", config=asdict(cfg.execute), inputs=[run.path("candidates.jsonl")],
@@ -209,13 +213,6 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
     # 7. pass@1 of the student before and after, and of the first teacher, each with its own backend
     #    and template: on the held-out problems and on each benchmark (eval.benchmarks; by default
     #    HumanEval and MBPP's test split for a registry base).
-    suites = {"heldout": "heldout.jsonl"}
-    for spec in stages.benchmarks(cfg):
-        name = stages.suite_name(spec)
-        suites[name] = f"benchmarks/{name}.jsonl"
-        run.stage(f"benchmark-{name}", config=[spec, cfg.eval.limit], inputs=[], outputs=[suites[name]],
-                  fn=lambda spec=spec, name=name: {"problems": write_jsonl(
-                      run.path(suites[name]), load_source(spec, cfg.eval.limit))})
     evals: dict = {}
     eval_stages: dict = {}     # suite -> model label -> stage (its artifacts eval/<stage>.json(l)): the report's input
     for suite, data in suites.items():
@@ -253,6 +250,9 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
     skipped = [r.name for r in run.results if r.skipped]
     print(f"\nstages skipped: {', '.join(skipped) or 'none'}; total {time.time() - t_start:.0f}s; "
           f"artifacts in {run.root}")
+    if args.push_to_hub:
+        from align.publish import push_all
+        push_all(run.path("datasets"), args.push_to_hub, log)
     return result
 
 

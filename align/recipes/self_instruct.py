@@ -20,7 +20,6 @@ import json
 import os
 import sys
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 
 from align import fanout, stages
@@ -130,9 +129,9 @@ def load_config(args: argparse.Namespace) -> SelfInstructConfig:
 
 def main(argv: list[str] | None = None) -> dict:
     p = cli.parser("self_instruct", __doc__)
-    p.add_argument("--push-to-hub", default=None, metavar="REPO",
-                   help="upload the datasets to this Hub dataset repo (or copy them to a local folder)")
     args = p.parse_args(argv)
+    if args.stand_in:
+        p.exit(2, "config error: --stand-in is not supported by the self-instruct job yet (the loop recipes have it)\n")
     try:
         cfg = load_config(args)
     except (ConfigError, UnknownNameError) as e:
@@ -197,12 +196,13 @@ def run_job(cfg: SelfInstructConfig, run: RunDir) -> dict:
 
         fanout.init_ray(cfg.ray_address, cfg.num_cpus)
         path = model_path(m.ref, cfg, run.log)
-        actor = ray.remote(**stages.actor_resources(m))(stages.Sampler)
-        actors = [actor.remote(asdict(m), path, "teacher") for _ in range(m.replicas)]
+        actors = fanout.start_actors(stages.Sampler, (asdict(m), path, "teacher"), m.replicas,
+                                     stages.actor_resources(m))
         try:
             out = run.sharded("solve", [asdict(p) for p in problems.values()], cfg.solve.shard_size, None,
                               run.fingerprint([asdict(m), path], [run.path("with_tests.jsonl")]),
-                              executor=lambda _fn, shards: fanout.actor_map(actors, "sample", shards))
+                              executor=lambda _fn, shards: fanout.actor_map(actors, "sample", shards, fanout.Progress(
+                                  sum(map(len, shards)), f"[solve] {m.ref}", "questions", run.log)))
         finally:
             for a in actors:
                 ray.kill(a)
@@ -214,12 +214,8 @@ def run_job(cfg: SelfInstructConfig, run: RunDir) -> dict:
 
     # 5. Run every solution against its question's tests in the sandbox (Ray tasks).
     def execute() -> dict:
-        fanout.init_ray(cfg.ray_address, cfg.num_cpus)
-        rows = stages.execution_rows(candidates, problems)
-        fn = partial(stages.execute_shard, cfg=asdict(cfg.execute))
-        verdicts = run.sharded("execute", rows, cfg.execute.shard_size, fn,
-                               run.fingerprint(asdict(cfg.execute), [run.path("candidates.jsonl")]),
-                               executor=lambda f, shards: fanout.ray_map(f, shards, max(1, cfg.execute.workers // 2)))
+        verdicts = stages.execute_candidates(run, cfg.execute, candidates, problems, [run.path("candidates.jsonl")],
+                                             cfg.ray_address, cfg.num_cpus)
         write_jsonl(run.path("verdicts.jsonl"), verdicts)
         return {"verdicts": len(verdicts)}
     run.stage("execute", config=asdict(cfg.execute), inputs=[run.path("candidates.jsonl")],
@@ -258,10 +254,8 @@ def run_job(cfg: SelfInstructConfig, run: RunDir) -> dict:
               fn=select)
     funnel = json.loads(run.path("funnel.json").read_text())
     if cfg.push_to_hub:
-        from align.publish import is_local, push
-        for kind in [k for k in ("sft", "dpo", "problems") if run.path(f"datasets/{k}").exists()]:
-            target = f"{cfg.push_to_hub}/{kind}" if is_local(cfg.push_to_hub) else f"{cfg.push_to_hub}-{kind}"
-            run.log(f"pushed datasets/{kind} to {push(run.path(f'datasets/{kind}'), target)}")
+        from align.publish import push_all
+        push_all(run.path("datasets"), cfg.push_to_hub, run.log)
     print_funnel(funnel)
     skipped = [r.name for r in run.results if r.skipped]
     print(f"stages skipped: {', '.join(skipped) or 'none'}; datasets in {run.path('datasets')}")

@@ -23,7 +23,7 @@ the process group from torchrun's or Ray Train's environment. With more than one
 mounts at the same path: each Ray worker checks that it sees the file the driver wrote there first. `config` passes straight through to the
 method's config class (TRL's DPOConfig/SFTConfig, TrainingArguments for the ranking trainer). On CPU the
 trainers get use_cpu=True and bf16=False, which is what lets DeepSpeed and accelerate agree on gloo with
-2 processes (STACK-NOTES). Rank 0 writes `metrics.json` into output_dir.
+2 processes (docs/design.md §12). Rank 0 writes `metrics.json` into output_dir.
 """
 from __future__ import annotations
 

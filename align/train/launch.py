@@ -48,7 +48,7 @@ def train_from_groups(train: Any, method: str, groups: Iterable[RankedGroup], in
                       ray_address: str | None = None) -> dict[str, Any]:
     """Build `method`'s rows from ranked groups, write them beside out_dir, train `init` into out_dir.
 
-    Returns {"rows": n, **numeric trainer metrics} (global_step, train_loss, truncation_*, ...).
+    Returns {"rows": n, **trainer metrics} (global_step, train_loss, resumed_from, truncation_*, ...).
     """
     rows = build_rows(train.dataset or method, groups, **train.dataset_args)
     if not rows:
@@ -61,5 +61,4 @@ def train_from_groups(train: Any, method: str, groups: Iterable[RankedGroup], in
     # GPUs when the preset asks for them and the Ray cluster has some (None: decided after joining it).
     use_gpu = None if train.num_gpus_per_node > 0 else False
     metrics = launch(spec, train.launcher, train.num_workers, train.num_nodes, ray_address, use_gpu)
-    return {"rows": len(rows), **{k: v for k, v in metrics.items()
-                                  if isinstance(v, (int, float)) and not isinstance(v, bool)}}
+    return {"rows": len(rows), **metrics}   # run_job keeps only scalars (resumed_from, layout, numbers)

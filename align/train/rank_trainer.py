@@ -26,7 +26,7 @@ import torch
 from transformers import Trainer
 
 from align.prompting import format_prompt
-from align.tokenization import completion_ids, eos_id, prompt_ids
+from align.tokenization import encode, eos_id
 from align.train.checkpoints import fit, peft_model
 from align.train.config import DEFAULT_RANK_MAX_LENGTH, rank_loss_config
 from align.train.losses import RankLossConfig, get_loss
@@ -68,8 +68,7 @@ class RankCollator:
         responses, scores = row.get("responses"), row.get("scores")
         if not isinstance(row.get("prompt"), str) or not responses or len(scores or []) != len(responses):
             raise ValueError(f"rank row needs 'prompt', non-empty 'responses' and as many 'scores'; got keys {sorted(row)}")
-        prompt = prompt_ids(self.tokenizer, format_prompt(row["prompt"]))
-        return prompt, [completion_ids(self.tokenizer, code.strip("\n") + "\n") for code in responses]
+        return encode(self.tokenizer, format_prompt(row["prompt"]), [code.strip("\n") + "\n" for code in responses])
 
     def encode(self, row: dict) -> tuple[list[int], list[list[int]], list[float], list[bool]]:
         prompt, resp = self.tokens(row)

@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from align.tokenization import completion_ids, prompt_ids
+from align.tokenization import encode
 from align.train.checkpoints import fit, lora_config
 from rank.plugins import suggest
 
@@ -36,7 +36,7 @@ def cpu_safe_defaults() -> dict[str, Any]:
     """Defaults that make TRL's configs run on a CPU-only machine, single- or multi-process.
 
     TRL defaults to bf16=True, which fails on CPU; use_cpu=True is also what makes accelerate pick gloo
-    under torchrun (without it DeepSpeed and accelerate disagree on the world size, STACK-NOTES).
+    under torchrun (without it DeepSpeed and accelerate disagree on the world size, docs/design.md §12).
     """
     import torch
 
@@ -109,10 +109,10 @@ def length_stats(tokenizer, rows: list[dict], completions: tuple[str, ...], max_
     stats = {"max_length": max_length, "sequences": 0, "over_max_length": 0, "prompts_over_max_length": 0,
              "longest": 0}
     for row in rows:
-        n_prompt = len(prompt_ids(tokenizer, row["prompt"]))
-        stats["prompts_over_max_length"] += max_length is not None and n_prompt >= max_length
-        for key in completions:
-            n = n_prompt + len(completion_ids(tokenizer, row[key]))
+        prompt, done = encode(tokenizer, row["prompt"], [row[key] for key in completions])
+        stats["prompts_over_max_length"] += max_length is not None and len(prompt) >= max_length
+        for ids in done:
+            n = len(prompt) + len(ids)
             stats["sequences"] += 1
             stats["over_max_length"] += max_length is not None and n > max_length
             stats["longest"] = max(stats["longest"], n)

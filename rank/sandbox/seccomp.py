@@ -146,21 +146,23 @@ def candidate_filter(server_pid: int) -> bytes:
     return _assemble(rules, column, audit_arch)
 
 
-_LIBC = []
-
-
-def install(program: bytes) -> None:
-    """Add `program` to this process's filters (prctl PR_SET_NO_NEW_PRIVS, then PR_SET_SECCOMP)."""
+def installer(program: bytes):
+    """A function that adds `program` to the calling process's filters (PR_SET_NO_NEW_PRIVS, then
+    PR_SET_SECCOMP). Built once (the zygote), called in each candidate process: only two prctl calls."""
     import ctypes
-    if not _LIBC:
-        _LIBC.append(ctypes.CDLL(None, use_errno=True))
-    libc = _LIBC[0]
+    libc = ctypes.CDLL(None, use_errno=True)
 
     class SockFprog(ctypes.Structure):
         _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
 
     prog = SockFprog(len(program) // 8, program)
-    if libc.prctl(38, 1, 0, 0, 0) != 0:                                  # PR_SET_NO_NEW_PRIVS
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
-    if libc.prctl(22, 2, ctypes.byref(prog), 0, 0) != 0:                 # PR_SET_SECCOMP, FILTER
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP) failed")
+    pointer = ctypes.byref(prog)
+
+    def install() -> None:
+        if libc.prctl(38, 1, 0, 0, 0) != 0:                              # PR_SET_NO_NEW_PRIVS
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
+        if libc.prctl(22, 2, pointer, 0, 0) != 0:                         # PR_SET_SECCOMP, FILTER
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP) failed")
+
+    install.keep = (prog, program)      # the structure and the bytes it points to live as long as it
+    return install

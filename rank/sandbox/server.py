@@ -18,7 +18,7 @@ All three are non-dumpable: no ptrace, no /proc/<pid>/mem or fd of each other.
 In the server, every function the candidate supplies is a proxy that calls C; values come back decoded
 into exact built-in types, so a forged __eq__, a patched builtin or assert, or an early exit in C cannot
 make an assert pass: asserts run in the server, which C cannot touch. After each job the server sends
-SIGKILL to every process but itself and PID 1 (`kill(-1)`), waits until they are gone, empties /tmp and
+SIGKILL to every process but itself and PID 1 (`kill(-1)`), waits until they have exited, empties /tmp and
 /dev/shm whatever their state, removes SysV IPC objects and checks its own limits before the next job.
 """
 import builtins
@@ -190,9 +190,11 @@ def zygote_main(ctrl, server_pid=None):
     for name in WARM:                                   # what candidates commonly import, loaded once
         __import__(name)
     if server_pid is not None:
-        from rank.sandbox.seccomp import candidate_filter, install
-        program = candidate_filter(server_pid)
-        _PROTECT[0] = lambda: install(program)
+        from rank.sandbox.seccomp import UnsupportedArch, candidate_filter, installer
+        try:
+            _PROTECT[0] = installer(candidate_filter(server_pid))
+        except UnsupportedArch:         # reached only with SandboxConfig(seccomp=False): the host
+            pass                        # refuses this machine otherwise (rank.sandbox.host._filter)
     _warm_up()
     import gc
     gc.freeze()
@@ -380,8 +382,6 @@ class Server:
                     pass
             _empty_dir(self.cwd, self.roots[self.cwd])
             return
-        if c_pid is not None:
-            _wait_exit(c_pid, 1.0)          # C was killed with the report; usually alone
         if not self._kill_all():
             self.broken = True              # something would not die: the next job gets a fresh worker
         for root, st in self.roots.items():
@@ -391,20 +391,39 @@ class Server:
 
     def _kill_all(self):
         """SIGKILL every process of the namespace but PID 1 (the zygote) and this one: `kill(-1)` leaves
-        no gap for a scan to miss. Then wait, up to 2 s, until /proc lists no other process (the zygote,
-        as PID 1, reaps them), so the next job meets none of their resources. False if some remain."""
+        no gap for a scan to miss. Then wait, up to 2 s, until each process /proc still lists has
+        exited as a whole thread group (its pidfd is readable: files, memory and IPC attachments are
+        released by then; a zombie leader with live threads is not readable), waiting on the pidfds
+        rather than polling. False if some remain."""
+        import select
         me, give_up = os.getpid(), time.monotonic() + 2.0
         while True:
             try:
                 os.kill(-1, signal.SIGKILL)
             except ProcessLookupError:      # nothing to signal
                 pass
-            left = [p for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, me)]
-            if not left:
+            alive = []
+            for entry in os.listdir("/proc"):
+                if not entry.isdigit() or int(entry) in (1, me):
+                    continue
+                try:
+                    fd = os.pidfd_open(int(entry))
+                except OSError:             # gone meanwhile
+                    continue
+                if select.select([fd], [], [], 0)[0]:
+                    os.close(fd)            # exited; only its entry is left until it is reaped
+                else:
+                    alive.append(fd)
+            if not alive:
                 return True
-            if time.monotonic() > give_up:
-                return False
-            time.sleep(0.0002)
+            try:
+                left = give_up - time.monotonic()
+                if left <= 0:
+                    return False
+                select.select(alive, [], [], min(left, 0.05))
+            finally:
+                for fd in alive:
+                    os.close(fd)
 
     @staticmethod
     def read_output(fd, limit):
@@ -412,20 +431,6 @@ class Server:
         data = os.pread(fd, limit * 4, 0) if size else b""
         text = data.decode("utf-8", "replace")[:limit]
         return text + (f"\n...[truncated, {size} bytes in all]" if size > len(text) else "")
-
-
-def _wait_exit(pid, timeout):
-    """Wait (without polling) until `pid` has exited, at most `timeout` s. Only a shortcut for the
-    namespace scan that follows, which alone decides what is left; without pidfd_open it does nothing."""
-    try:
-        fd = os.pidfd_open(pid)
-    except (AttributeError, OSError):       # gone already, or no pidfd_open (Linux < 5.3, Python < 3.9)
-        return
-    try:
-        import select
-        select.select([fd], [], [], timeout)
-    finally:
-        os.close(fd)
 
 
 def _read_small(path):

@@ -51,6 +51,10 @@ def test_problems_stage_decontaminates_reports_and_writes_the_dataset(tmp_path):
     rejected = read_jsonl(run.path("rejected.jsonl"))
     assert sum(r["code"] == "contaminated" for r in rejected) == len(matches)
     assert stats["problems"] == len(problems) and stats["decontaminated"] == {"bench": len(matches)}
+    # dedup only ever drops evolutions (never a seed, and never for resembling its parent)
+    assert sum(p["lineage"]["round"] == 0 for p in problems) == 20 - sum(m["row_id"] in {s.id for s in seeds}
+                                                                          for m in matches)
+    assert all(r["round"] == 1 for r in rejected if r["code"] == "duplicate")
     assert all(p["meta"]["tests_verified"] == "reference" for p in problems if p["lineage"]["round"])
     ds = datasets.load_dataset(str(run.path("datasets/problems")))["train"]
     assert ds.num_rows == len(problems)

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -133,7 +134,153 @@ def test_in_process_rrtf_job_with_lora_saves_a_merged_model(tiny_model, tmp_path
     assert (Path(spec.output_dir) / "adapter" / "adapter_config.json").exists()
 
 
+def test_hub_ids_reach_the_workers_and_paths_are_absolute(tiny_model, tmp_path, monkeypatch):
+    rows = _rows_file(tmp_path / "r.jsonl", helpers.sft_rows(2))
+    base = {"method": "sft", "model_path": "bigcode/starcoder", "rows_path": rows, "output_dir": str(tmp_path / "o")}
+    assert JobSpec.from_dict(base).model_path == "bigcode/starcoder"      # a hub id: each worker loads it
+    with pytest.raises(ValueError, match="relative"):
+        JobSpec.from_dict({**base, "rows_path": "r.jsonl"})
+    with pytest.raises(FileNotFoundError, match="model_path"):
+        JobSpec.from_dict({**base, "model_path": str(tmp_path / "nope")})
+    # Ray Train V2 runs each worker in its own directory: the driver's relative paths become absolute.
+    monkeypatch.chdir(tmp_path)
+    spec = JobSpec.from_dict({**base, "model_path": str(tiny_model), "rows_path": "r.jsonl", "output_dir": "o"},
+                             check=False).resolved()
+    assert spec.rows_path == rows and spec.output_dir == str(tmp_path / "o")
+
+
+def _hub_cache(model: Path, cache: Path, repo: str) -> None:
+    """`model` laid out as the HF hub cache holds a downloaded `repo` (what a worker finds after a download)."""
+    import shutil
+
+    commit = "0" * 40
+    root = cache / f"models--{repo.replace('/', '--')}"
+    shutil.copytree(model, root / "snapshots" / commit)
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text(commit)
+
+
+def test_a_worker_loads_a_hub_id(tiny_model, tmp_path):
+    """The job spec names `org/tiny`, never a path: the worker process resolves it from its HF cache."""
+    import os
+    import subprocess
+    import sys
+
+    _hub_cache(tiny_model, tmp_path / "hub", "org/tiny")
+    spec = {"method": "sft", "model_path": "org/tiny", "rows_path": _rows_file(tmp_path / "r.jsonl", helpers.sft_rows(2)),
+            "output_dir": str(tmp_path / "out"), "config": {**TINY, "max_steps": 1}}
+    (tmp_path / "job.json").write_text(json.dumps(spec))
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(distributed.REPO_ROOT)}
+    subprocess.run([sys.executable, "-m", "align.train.distributed", "--spec", str(tmp_path / "job.json")],
+                   env=env, check=True, timeout=300, capture_output=True)
+    _check_saved(tmp_path / "out", json.loads((tmp_path / "out" / "metrics.json").read_text()), steps=1)
+
+
+def test_a_checkpoint_is_resumed_only_under_the_same_fingerprint(tiny_model, tmp_path):
+    """A rerun with a new learning rate starts over; one that only runs longer continues."""
+    cfg = {**TINY, "save_strategy": "steps", "save_steps": 1, "save_total_limit": 1}
+    spec = _spec(tmp_path, tiny_model, "sft", helpers.sft_rows(), config={**cfg, "max_steps": 2})
+    assert distributed.launch(spec)["resumed_from"] is None
+    longer = distributed.launch(dataclasses.replace(spec, config={**cfg, "max_steps": 3}))
+    assert longer["resumed_from"].endswith("checkpoint-2") and longer["global_step"] == 3
+    new_lr = distributed.launch(dataclasses.replace(spec, config={**cfg, "max_steps": 3, "learning_rate": 5e-4}))
+    assert new_lr["resumed_from"] is None and new_lr["global_step"] == 3
+    # other rows or another world size (ZeRO shards per rank) are other jobs too
+    before = spec.fingerprint(1)
+    assert before != spec.fingerprint(2)
+    _rows_file(Path(spec.rows_path), helpers.sft_rows(3))
+    assert spec.fingerprint(1) != before
+
+
+def test_a_ray_worker_refuses_storage_it_does_not_share(tmp_path):
+    with pytest.raises(RuntimeError, match="not visible here.*every node mounts"):
+        distributed.check_shared_storage(str(tmp_path), "abc")
+    (tmp_path / ".driver-abc").write_text("driver")
+    distributed.check_shared_storage(str(tmp_path), "abc")
+    with pytest.raises(RuntimeError, match="not visible"):
+        distributed.ray_train_loop({"spec": {"output_dir": str(tmp_path / "elsewhere")}, "token": "abc"})
+
+
+def test_torchrun_command_single_and_multi_node():
+    one = distributed.torchrun_command("/s/job.json", 8)
+    assert "--standalone" in one and "--nproc_per_node=8" in one
+    env = {"MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500"}
+    two = distributed.torchrun_command("/s/job.json", 8, num_nodes=2, env=env)
+    assert "--standalone" not in two and "--nnodes=2" in two and "--rdzv-endpoint=10.0.0.1:29500" in two
+    with pytest.raises(ValueError, match="MASTER_ADDR"):
+        distributed.torchrun_command("/s/job.json", 8, num_nodes=2, env={})
+
+
+def test_max_length_truncation_is_reported(tiny_model, tmp_path):
+    spec = _spec(tmp_path, tiny_model, "rrtf", RANK_ROWS, config={"max_steps": 1, "per_device_train_batch_size": 2},
+                 options={"max_length": 12})
+    metrics = run_job(spec)
+    assert metrics["truncation_max_length"] == 12 and metrics["truncation_sequences"] == 8
+    assert metrics["truncation_responses_cut"] > 0 and metrics["truncation_longest"] > 12
+    from align.tokenization import encode
+    from align.train.trl_train import length_stats
+
+    tok, rows = helpers.make_tokenizer(), helpers.pair_rows(4)
+    lengths = [len(p) + len(c) for r in rows
+               for p, cs in [encode(tok, r["prompt"], [r["chosen"], r["rejected"]])] for c in cs]
+    cut = sorted(lengths)[len(lengths) // 2]
+    stats = length_stats(tok, rows, ("chosen", "rejected"), cut)
+    assert stats == {"max_length": cut, "sequences": 8, "over_max_length": sum(n > cut for n in lengths),
+                     "prompts_over_max_length": 0, "longest": max(lengths)}
+
+
+_LORA_ZERO3 = """
+import json, os, sys, torch
+from align.train.distributed import deepspeed_config, _free_port
+for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+             "MASTER_PORT": str(_free_port())}.items():
+    os.environ[k] = v
+from transformers import AutoModelForCausalLM, TrainingArguments
+from align.train.checkpoints import peft_model
+args = TrainingArguments(output_dir=sys.argv[2], deepspeed=deepspeed_config("zero3"), use_cpu=True, bf16=True,
+                         gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
+model = peft_model(AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.bfloat16),
+                   {"r": 4, "target_modules": ["c_attn"]}, args)
+print(json.dumps({"adapter": sorted({str(p.dtype) for n, p in model.named_parameters() if "lora_" in n}),
+                  "gc": args.gradient_checkpointing_kwargs}))
+"""
+
+
+def test_lora_under_zero3_keeps_the_base_dtype_and_reentrant_checkpointing(tiny_model, tmp_path):
+    """TRL's two workarounds for PEFT under ZeRO-3, on a bf16 base (in a subprocess: ZeRO-3's global config
+    would otherwise partition every later model of this test session)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _LORA_ZERO3, str(tiny_model), str(tmp_path)], capture_output=True,
+                         text=True, timeout=300, env={**__import__("os").environ, "PYTHONPATH": str(distributed.REPO_ROOT)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"adapter": ["torch.bfloat16"], "gc": {"use_reentrant": True}}
+
+
 # ---------------------------------------------------------------- slow tier: 2 processes on CPU
+
+
+@pytest.mark.slow
+def test_torchrun_dpo_precomputed_reference_two_processes(tiny_model, tmp_path):
+    """precompute_ref_log_probs on 2 ranks: rank 0 caches the reference log-probs where every rank reads."""
+    spec = _spec(tmp_path, tiny_model, "dpo", helpers.pair_rows(),
+                 config={**TINY, "max_steps": 2, "precompute_ref_log_probs": True})
+    _check_saved(spec.output_dir, run_torchrun(spec, nproc=2, timeout=300), steps=2)
+
+
+@pytest.mark.slow
+def test_torchrun_zero3_lora_rrtf_bf16_two_processes(tiny_model, tmp_path):
+    """LoRA on a bf16 base under ZeRO-3 with activation checkpointing, 2 CPU ranks (item 8's setup)."""
+    pytest.importorskip("peft")
+    spec = _spec(tmp_path, tiny_model, "rrtf", RANK_ROWS, deepspeed="zero3", lora={"r": 4, "target_modules": ["c_attn"]},
+                 config={"max_steps": 2, "per_device_train_batch_size": 2, "bf16": True, "gradient_checkpointing": True},
+                 options={"max_length": 64, "model_init_kwargs": {"dtype": "bfloat16"}})
+    metrics = run_torchrun(spec, nproc=2, timeout=300)
+    _check_saved(spec.output_dir, metrics, steps=2)
+    assert math.isfinite(metrics["last_rank_loss"]) and metrics["last_pairs"] > 0
 
 
 @pytest.mark.slow
@@ -179,3 +326,67 @@ def test_gpu_bf16_zero3_dpo(tiny_model, tmp_path):
                  config={**TINY, "max_steps": 2, "bf16": True})
     metrics = run_torchrun(spec, nproc=torch.cuda.device_count(), timeout=600)
     _check_saved(spec.output_dir, metrics, steps=2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA; test_torchrun_zero3_lora_rrtf_bf16_two_processes "
+                                                          "covers the same path on CPU")
+def test_gpu_bf16_zero3_lora_rrtf_with_checkpointing(tiny_model, tmp_path):
+    """Item 8 where it bites: NCCL ZeRO-3 gathers of a bf16 base with LoRA adapters, reentrant checkpointing."""
+    pytest.importorskip("peft")
+    spec = _spec(tmp_path, tiny_model, "rrtf", RANK_ROWS, deepspeed="zero3", lora={"r": 4, "target_modules": ["c_attn"]},
+                 config={"max_steps": 2, "per_device_train_batch_size": 2, "bf16": True, "gradient_checkpointing": True},
+                 options={"max_length": 64, "model_init_kwargs": {"dtype": "bfloat16"}})
+    metrics = run_torchrun(spec, nproc=torch.cuda.device_count(), timeout=600)
+    _check_saved(spec.output_dir, metrics, steps=2)
+    assert math.isfinite(metrics["last_rank_loss"])
+
+
+# ---------------------------------------------------------------- slow tier: the starcoder-15b preset, 2 CPU ranks
+
+def _preset_groups(n: int = 4) -> list:
+    from rank.records import RankedGroup, ScoredResponse
+
+    def resp(i, k, role, code, score):
+        return ScoredResponse(candidate_id=f"{i}-{k}", model=role, role=role, code=code, score=score,
+                              status="passed" if score >= 3 else "failed")
+    return [RankedGroup(problem_id=f"p{i}", prompt=f"Return x plus {i}.\ndef f(x):", strategy="pangu",
+                        responses=[resp(i, 0, "teacher", f"def f(x):\n    return x + {i}", 3.0),
+                                   resp(i, 1, "student", f"def f(x):\n    return x - {i}", 1.0)])
+            for i in range(n)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["torchrun", "ray"])
+def test_starcoder_15b_preset_two_ranks_trains_resumes_only_its_own_checkpoints_and_evaluates(
+        tiny_model, tmp_path, launcher):
+    """recipes/starcoder-15b/rrtf.yaml as written (ZeRO-3, bf16, gradient checkpointing, sdpa, max_length,
+    launcher) on a shrunken GPTBigCode with 2 CPU ranks; only the run length is cut. Saves a checkpoint per
+    step; a rerun with another learning rate starts over instead of continuing; the saved model loads and is
+    evaluated through the loop's own eval (HF backend + sandbox)."""
+    if launcher == "ray":
+        pytest.importorskip("ray.train")
+    from align.config import load
+    from align.pipeline_config import RunConfig
+    from align.recipes.cli import RECIPES, check_passthrough
+    from align.recipes.rrtf import evaluate_model
+    from align.train.launch import train_from_groups
+    from evol.tasks import generate_problems
+
+    short = ["train.args.max_steps=2", "train.args.save_steps=1", "train.args.per_device_train_batch_size=1",
+             "train.args.gradient_accumulation_steps=1", "train.args.logging_steps=1", "eval.max_new_tokens=16"]
+    cfg = load(RunConfig, [RECIPES / "starcoder-15b/rrtf.yaml"],
+               [f"train.launcher={launcher}", "train.num_workers=2", *short])
+    check_passthrough(cfg)
+    assert cfg.train.deepspeed == "zero3" and cfg.train.args["bf16"] and cfg.train.max_length == 2048
+    out = tmp_path / "run" / "train" / "rrtf"
+    first = train_from_groups(cfg.train, "rrtf", _preset_groups(), str(tiny_model), out, cfg.ray_address)
+    assert first["global_step"] == 2 and first["resumed_from"] is None and first["rows"] == 4
+    assert first["truncation_sequences"] == 8 and first["truncation_over_max_length"] == 0
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    cfg.train.args["learning_rate"] = 1e-4
+    second = train_from_groups(cfg.train, "rrtf", _preset_groups(), str(tiny_model), out, cfg.ray_address)
+    assert second["resumed_from"] is None and second["global_step"] == 2   # not "continue from checkpoint-2"
+    student = dataclasses.replace(cfg.models.student, backend="hf", options={})
+    result = evaluate_model(generate_problems(2, "heldout", seed=0), cfg, student, str(out))
+    assert result["n_problems"] == 2 and len(result["per_problem"]) == 2

@@ -18,8 +18,8 @@ ROOT = str(Path(__file__).parents[2])
 def local_ray():
     """Ray on this machine with 2 CPUs and 2 declared GPUs (none exist: Ray only counts them),
     so placement by num_gpus is tested without a GPU."""
-    if ray.is_initialized():
-        pytest.skip("Ray already started by another test with other resources")
+    if ray.is_initialized():   # started by an earlier test (the loop) without the declared GPUs
+        ray.shutdown()
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, old]))   # workers import this checkout
     ray.init(num_cpus=2, num_gpus=2, log_to_driver=False, include_dashboard=False)

@@ -143,3 +143,18 @@ def test_table_and_resolver():
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
         RankLossConfig(**{field: value})
+
+
+@pytest.mark.parametrize("loss", ["rrtf", "rrhf"])
+@pytest.mark.parametrize("reduction", ["pair", "prompt", "sum"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_a_nan_or_inf_in_an_empty_slot_stays_out_of_the_loss(loss, reduction, bad):
+    """Masking selects rather than multiplies: 0 * inf and 0 * NaN are NaN."""
+    logp = t([[-4.0, -3.0, bad]], torch.float32).requires_grad_()
+    lengths, scores = t([[2, 3, 0]], torch.long), t([[3.0, 1.0, 0.0]])
+    teacher = t([[True, False, False]], torch.bool)
+    out = LOSSES[loss](logp, lengths, scores, teacher, RankLossConfig(loss=loss, rank_reduction=reduction))
+    clean = LOSSES[loss](t([[-4.0, -3.0, 0.0]]), lengths, scores, teacher, RankLossConfig(loss=loss, rank_reduction=reduction))
+    assert torch.isfinite(out["loss"]) and close(out["loss"], clean["loss"])
+    out["loss"].backward()
+    assert torch.isfinite(logp.grad[0, :2]).all() and logp.grad[0, :2].abs().sum() > 0

@@ -69,3 +69,16 @@ def test_two_folders_of_the_same_name_do_not_share_the_datasets_cache(tmp_path):
     b = write_dataset(tmp_path / "b/problems", {"train": ROWS[:1] * 3}, _card())
     assert datasets.load_dataset(str(a))["train"].num_rows == 2
     assert datasets.load_dataset(str(b))["train"].num_rows == 3
+
+
+def test_push_all_names_each_dataset(tmp_path, monkeypatch):
+    pytest.importorskip("datasets")
+    from align.publish import push_all
+
+    for name in ("sft", "dpo"):
+        write_dataset(tmp_path / "datasets" / name, {"train": ROWS}, _card())
+    assert push_all(tmp_path / "datasets", str(tmp_path / "out"), log=lambda *_: None) == \
+        [str(tmp_path / "out/dpo"), str(tmp_path / "out/sft")]
+    import align.publish as P
+    monkeypatch.setattr(P, "push", lambda folder, target: target)
+    assert push_all(tmp_path / "datasets", "user/x", log=lambda *_: None) == ["user/x-dpo", "user/x-sft"]

@@ -40,8 +40,8 @@ def _fake_run(root):
                     [{"id": f"p{i}", "n": 1, "c": int(s == "passed"), "samples": [_sample(s)]} for i, s in enumerate(ss)])
     lineage = lambda r: {"parent": None, "round": r, "operator": None, "source": "tasks"}   # noqa: E731
     write_jsonl(root / "problems.jsonl", [{"id": f"q{i}", "lineage": lineage(int(i >= 3))} for i in range(5)])
-    write_jsonl(root / "rejected.jsonl", [{"reason": "too deep (4 > 3)"}, {"reason": "too deep (5 > 3)"},
-                                          {"reason": "invalid composition: x"}])
+    write_jsonl(root / "rejected.jsonl", [{"code": "too_deep", "detail": "4 > 3"}, {"code": "too_deep", "detail": "5"},
+                                          {"code": "duplicate", "detail": "near q1"}])
     write_jsonl(root / "ranked.jsonl", [{"problem_id": "q0"}, {"problem_id": "q1"}])
     write_jsonl(root / "train" / "rrtf" / "log_history.jsonl",
                 [{"loss": 2.0 - s / 10, "rank_loss": 0.5, "ft_loss": 1.5 - s / 10, "step": s} for s in (1, 2, 3)]
@@ -66,8 +66,10 @@ def test_report_page_and_figures(tmp_path):
     assert "| student (before) | 1 (25.0%) | 1 (25.0%) | 1 (25.0%) | 0 (0.0%) | 1 (25.0%) | 0 (0.0%) |" in md
     assert "| teacher | 0 (0.0%) | 0 (0.0%) | 0 (0.0%) | 1 (25.0%) | 2 (50.0%) | 1 (25.0%) |" in md
     assert "| tiny:teacher | 4 | 75.0% | 0 | 0 | 0 | 0 | 3 | 1 |" in md
-    for row in ("| seed problems kept | 3 |", "| evolved problems kept | 2 |", "| rejected: too deep | 2 |",
-                "| rejected: invalid composition | 1 |", "| ranked groups | 2 |", "| training rows | 7 |",
+    for row in ("| seed problems kept | 3 |", "| evolved problems kept | 2 |",
+                "| rejected: too_deep (the composition is deeper than allowed) | 2 |",
+                "| rejected: duplicate (the same problem exists already (exact, or near duplicate by MinHash)) | 1 |",
+                "| ranked groups | 2 |", "| training rows | 7 |",
                 "| problems | reused | 1.5 |", "| train-rrtf | ran | 9.0 |"):
         assert row in md, row
     assert "3 logged steps up to step 3; last: total loss 1.7000, rank term 0.5000, CE (fine-tune) term 1.2000" in md
@@ -105,3 +107,17 @@ def test_training_curves_go_to_tensorboard_and_log_history(tmp_path):
         tb = [(e.step, e.value) for e in acc.Scalars(f"train/{key}")]
         assert tb == [(h["step"], pytest.approx(h[key], rel=1e-6)) for h in logged if key in h and "step" in h], key
         assert len(tb) == 2
+
+
+def test_rejections_by_round_operator_and_code(tmp_path):
+    from align.report import rejections_table
+    from rank.records import write_jsonl
+
+    assert rejections_table(tmp_path) == []
+    write_jsonl(tmp_path / "rejected.jsonl", [
+        {"round": 1, "operator": "add_step", "code": "refusal", "detail": "x"},
+        {"round": 1, "operator": "add_step", "code": "refusal", "detail": "y"},
+        {"round": 2, "operator": "complexity", "code": "reference_fails", "detail": "z"},
+        {"reason": "an old row without a code"}])
+    lines = rejections_table(tmp_path)
+    assert "| 1 | add_step | refusal | 2 |" in lines and "| 2 | complexity | reference_fails | 1 |" in lines

@@ -1,4 +1,4 @@
-"""One adversarial test per claim of the sandbox threat model (docs/sandbox.md, DESIGN.md §7).
+"""One adversarial test per claim of the sandbox threat model (docs/sandbox.md, docs/design.md §7).
 
     .venv/bin/python -m pytest tests/rank/test_sandbox_attacks.py -q
 

@@ -84,25 +84,45 @@ def test_prompt_helpers_are_the_servers_own():
     assert bad.status == "failed", bad
 
 
-@pytest.mark.parametrize("tests", [
+HOSTILE_PLANS = [
     ["assert f(1) == 2, f(9)", "assert f(2) == 3"],                  # a call in an assert's message
     ["assert f(1) == 2 or f(5) == 0", "assert f(2) == 3"],           # a short-circuit
     ["for x in (1, 2):\n    assert f(x) == x + 1"],                   # a loop
-])
+    ["assert f(1) == 2", "assert f(2) == 3"],                         # plain: calls sent ahead
+]
+
+
+@pytest.mark.parametrize("tests", HOSTILE_PLANS)
 def test_a_job_runs_once_so_a_second_try_cannot_pass(one, tests):
     """The candidate answers wrongly in its first process and rightly in any later one of the same
-    job (told apart by a file it leaves in /tmp, or by peeking at its request pipe): a re-run would
-    pass it. Nothing is re-run, so it fails."""
+    job (told apart by a file it leaves in /tmp): a re-run would pass it. Nothing is re-run."""
     sneaky = Job(id="sneaky", code=code("""
-        import os, select
+        import os
         first = not os.path.exists("/tmp/seen")
         open("/tmp/seen", "w").close()
-        prefetched = bool(select.select([3], [], [], 0)[0])
         def f(x):
             return -1 if first else x + 1
         """), tests=tests)
     (v,) = one.run([sneaky])
     assert v.status == "failed" and v.passed == 0, v
+
+
+@pytest.mark.parametrize("tests", HOSTILE_PLANS)
+@pytest.mark.parametrize("answer", ["-1", "x + 1 if prefetched else -1", "-1 if prefetched else x + 1"])
+def test_each_job_starts_exactly_one_candidate_process(one, tests, answer):
+    """Counted by the PID namespace's counter between two probes on the same worker: one process per
+    job, whatever the candidate answers, and whether or not it saw calls sent ahead (peeking at its
+    request pipe at start-up, the way it could tell a first run from a re-run)."""
+    probe = Job(id="probe", code="import os\nprint(os.getpid())\ndef g():\n    return 1\n",
+                tests=["assert g() == 1"])
+    job = Job(id="job", code=code(f"""
+        import select
+        prefetched = bool(select.select([3], [], [], 0.05)[0])
+        def f(x):
+            return {answer}
+        """), tests=tests)
+    a, v, c = one.run([probe, job, probe])
+    assert int(c.stdout.split()[0]) - int(a.stdout.split()[0]) == 2, (a.stdout, v, c.stdout)
 
 
 def test_answers_stay_aligned_when_a_step_is_cut_short(one):
@@ -127,7 +147,7 @@ def test_odd_answers_never_break_the_server(one, answer):
     odd = Job(id="odd", code=f"def f():\n    return {answer}\ndef g():\n    raise ValueError({answer})\n",
               tests=["assert f() == 1", "assert g() == 1, f()"])
     v, *_ = after(one, odd)
-    assert v.status in ("failed", "runtime_error") and v.passed == 0, v
+    assert v.status in ("failed", "runtime_error", "timeout") and v.passed == 0, v    # megabytes under load
     json.dumps(v.__dict__).encode("utf-8")                          # encodable everywhere
     v.error.encode("utf-8"), v.stdout.encode("utf-8")
 
@@ -269,6 +289,23 @@ def test_no_keyring_access(one):
     if platform.system() == "Linux":
         keyring = subprocess.run(["cat", "/proc/keys"], capture_output=True, text=True).stdout
         assert "rank-test" not in keyring
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="keyctl's x86_64 number")
+def test_the_sandbox_has_its_own_session_keyring():
+    """Even with the worker-wide filter off (so that keyctl can be called to look), the sandbox's
+    session keyring is a new one, not the harness's."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    ours = libc.syscall(250, 0, -3, 1)                       # KEYCTL_GET_KEYRING_ID, session, create
+    look = Job(id="look", code=code("""
+        import ctypes
+        def f():
+            return ctypes.CDLL(None, use_errno=True).syscall(250, 0, -3, 1)
+        """), tests=[f"assert f() not in (-1, {ours})"])
+    with Sandbox(SandboxConfig(workers=1, seccomp=False)) as sb:
+        (v,) = sb.run([look])
+    assert ours > 0 and v.status == "passed", (ours, v)
 
 
 def test_limits_priority_and_affinity_of_others_cannot_be_changed(one):
