@@ -78,16 +78,16 @@ def evaluate(problems: Sequence[Problem], backend: Any, params: Any, sandbox_con
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from align.generate import SamplingParams, load_backend
+    from align.generate import SamplingParams, add_backend_args, backend_options, load_backend
     from evol.seeds import SOURCES, load_source
     from rank.sandbox import SandboxConfig
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", help="checkpoint path or hub id")
     ap.add_argument("data", help=SOURCES)
-    ap.add_argument("--backend", default="hf")
+    add_backend_args(ap)
     ap.add_argument("--template", default="pangu", help="pangu | completion | alpaca | chat | package.module:name")
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=None, help="hf backend: sequences per batch (-o batch_size=N)")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--n", type=int, default=1)
     ap.add_argument("--k", type=int, nargs="+", default=[1])
@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = ap.parse_args(argv)
 
     problems = load_source(a.data, a.limit)
-    backend = load_backend(a.backend, a.model, batch_size=a.batch_size)
+    options = backend_options(a) | ({"batch_size": a.batch_size} if a.batch_size else {})
+    backend = load_backend(a.backend, a.model, **options)
     params = SamplingParams(n=a.n, temperature=a.temperature, max_new_tokens=a.max_new_tokens)
     res = evaluate(problems, backend, params, SandboxConfig(workers=a.workers, unsafe=a.unsafe), ks=a.k,
                    template=get_template(a.template))

@@ -26,7 +26,17 @@ from align.backends.hf import HFBackend  # noqa: F401
 from rank.records import append_jsonl
 
 
-def _options(a: argparse.Namespace) -> dict[str, Any]:
+def add_backend_args(ap: argparse.ArgumentParser) -> None:
+    """--backend and its options, for every CLI that loads a model (this one, align.evaluate)."""
+    ap.add_argument("--backend", default="hf", help=f"{', '.join(BACKENDS)} or package.module:Class")
+    ap.add_argument("--base-url", help="openai backend: the server, e.g. http://localhost:8000/v1")
+    ap.add_argument("--api-key-env", help="openai backend: the environment variable holding the key")
+    ap.add_argument("--no-api-key", action="store_true", help="openai backend: a server without authentication")
+    ap.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
+                    help="any other backend option, e.g. -o device=cuda -o dtype=bfloat16 -o max_concurrency=16")
+
+
+def backend_options(a: argparse.Namespace) -> dict[str, Any]:
     """Backend options from --option KEY=VALUE (YAML values), --base-url and the API-key flags."""
     import yaml
 
@@ -76,12 +86,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="python -m align.generate", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="registry name, hub id, local path, or the served model name")
-    ap.add_argument("--backend", default="hf", help=f"{', '.join(BACKENDS)} or package.module:Class")
-    ap.add_argument("--base-url", help="openai backend: the server, e.g. http://localhost:8000/v1")
-    ap.add_argument("--api-key-env", help="openai backend: the environment variable holding the key")
-    ap.add_argument("--no-api-key", action="store_true", help="openai backend: a server without authentication")
-    ap.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
-                    help="any other backend option, e.g. -o device=cuda -o dtype=bfloat16 -o max_concurrency=16")
+    add_backend_args(ap)
     ap.add_argument("--in", dest="source", required=True,
                     help="problems: a Problem JSONL/Parquet file, humaneval[:PATH], mbpp:PATH[@split], hf:NAME[:SPLIT]")
     ap.add_argument("--out", required=True, type=Path, help="candidates JSONL (appended; a rerun resumes)")
@@ -99,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sample = {"n": a.n, "temperature": a.temperature, "top_p": a.top_p, "max_new_tokens": a.max_new_tokens,
               "seed": a.seed}
     try:
-        options = _options(a)
+        options = backend_options(a)
         check_backend(a.backend, options)
         get_template(a.template)
         SamplingParams(**sample)

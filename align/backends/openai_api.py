@@ -21,7 +21,7 @@ import sqlite3
 import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ class OpenAIOptions:
     timeout_s: float = 120.0                     # per request attempt
     max_retries: int = 6                         # per request, by the openai client (backoff 0.5 s .. 8 s)
     cache_dir: str | None = None                 # default: ~/.cache/rrtf-align/api-cache
+    extra_body: dict[str, Any] = field(default_factory=dict)   # server-specific fields (vLLM: top_k, ...)
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
@@ -72,9 +73,12 @@ class ResponseCache:
         self._db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, answer TEXT NOT NULL)")
 
     @staticmethod
-    def key(model: str, endpoint: str, prompt: Prompt, params: SamplingParams, index: int) -> str:
+    def key(model: str, endpoint: str, prompt: Prompt, params: SamplingParams, index: int,
+            extra: dict[str, Any] | None = None) -> str:
         # n is not in the key: asking for more samples later reuses the first ones.
         sampling = {k: v for k, v in params.to_dict().items() if k != "n"}
+        if extra:   # extra request fields change the answer too
+            sampling["extra_body"] = extra
         blob = json.dumps([model, endpoint, prompt, sampling, index], sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -168,7 +172,7 @@ class OpenAIBackend:
         for i, prompt in enumerate(prompts):
             endpoint = "chat" if is_chat(prompt) else "completions"
             for j in range(draws):
-                key = ResponseCache.key(self.model, endpoint, prompt, params, j)
+                key = ResponseCache.key(self.model, endpoint, prompt, params, j, self.options.extra_body)
                 hit = self.cache.get(key)
                 if hit is not None:
                     out[i][j] = hit["text"]
@@ -207,7 +211,8 @@ class OpenAIBackend:
         openai = self._openai
         api_stops = [s for s in params.stop if s][:MAX_API_STOPS] or None
         common = dict(model=self.model, max_tokens=params.max_new_tokens, temperature=params.temperature,
-                      top_p=params.top_p, seed=params.seed + index, stop=api_stops)
+                      top_p=params.top_p, seed=params.seed + index, stop=api_stops,
+                      extra_body=self.options.extra_body or None)
         size = (len(prompt) if isinstance(prompt, str) else sum(len(str(m["content"])) for m in prompt)) // 4
         self._limiter.acquire(size + params.max_new_tokens)
         self._count("started", 1)
@@ -220,7 +225,7 @@ class OpenAIBackend:
         except openai.APIConnectionError as e:   # includes timeouts, after every retry
             raise BackendError(f"cannot reach {where} after {self.options.max_retries} retries: {e}") from None
         except openai.APIStatusError as e:
-            raise BackendError(f"{where} answered HTTP {e.status_code}: {_short(e.message)}") from None
+            raise BackendError(f"{where} answered HTTP {e.status_code}: {_short(str(e.body or e.message))}") from None
         except openai.APIError as e:             # e.g. a body that is not JSON
             raise BackendError(f"malformed answer from {where}: {_short(str(e))}") from None
         text = _answer_text(resp, endpoint)

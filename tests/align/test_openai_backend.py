@@ -35,6 +35,7 @@ class FaultProxy:
         self.answered: Counter = Counter()
         self.attempts: Counter = Counter()
         self.auth: set[str] = set()
+        self.bodies: list[dict] = []
         self.lock = threading.Lock()
         proxy = self
 
@@ -50,6 +51,7 @@ class FaultProxy:
                 key = (json.dumps(req.get("prompt", req.get("messages"))), req.get("seed"))
                 with proxy.lock:
                     proxy.attempts[key] += 1
+                    proxy.bodies.append(req)
                     proxy.auth.add(self.headers.get("Authorization", ""))
                     first = proxy.attempts[key] == 1
                     fault = proxy.faults[len(proxy.answered) % len(proxy.faults)] if first else None
@@ -152,6 +154,18 @@ def test_faults_every_prompt_answered_exactly_once_and_rerun_is_free(openai_serv
     before = sum(proxy.attempts.values())
     assert rerun.generate(PROMPTS, params) == got
     assert sum(proxy.attempts.values()) == before and rerun.usage["requests"] == 0
+
+
+@pytest.mark.slow
+def test_extra_body_is_sent_and_keys_the_cache(openai_server, proxy_factory, tmp_path):
+    proxy = proxy_factory([None])
+    params = SamplingParams(n=1, temperature=0, max_new_tokens=4)
+    plain = backend_for(proxy, openai_server.model, tmp_path)
+    plain.generate(PROMPTS[:1], params)
+    extra = backend_for(proxy, openai_server.model, tmp_path, extra_body={"frequency_penalty": 0.0})
+    extra.generate(PROMPTS[:1], params)
+    assert extra.usage["requests"] == 1 and extra.usage["cache_hits"] == 0   # another answer, not the cached one
+    assert "frequency_penalty" not in proxy.bodies[0] and proxy.bodies[1]["frequency_penalty"] == 0.0
 
 
 @pytest.mark.slow
@@ -290,3 +304,20 @@ def test_loop_config_takes_an_api_model_name_and_refuses_bad_options_at_load(cap
     with pytest.raises(SystemExit):
         rrtf.main(["--base", "tiny", "--dry-run", teacher.replace("max_concurrency", "max_concurency") % ("http://h/v1", 4)])
     assert "unknown option 'max_concurency' (did you mean 'max_concurrency'?)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_evaluate_cli_scores_a_model_behind_the_api(openai_server, tmp_path, capsys):
+    import shutil
+
+    from align.evaluate import main
+    from evol.tasks import generate_problems
+    from rank.records import write_jsonl
+
+    write_jsonl(tmp_path / "held.jsonl", generate_problems(4, split="heldout", seed=2, max_depth=1))
+    args = [openai_server.model, str(tmp_path / "held.jsonl"), "--backend", "openai",
+            "--base-url", openai_server.base_url, "--no-api-key", "-o", f"cache_dir={tmp_path}",
+            "--n", "1", "--temperature", "0", "--max-new-tokens", "48"]
+    res = main(args + (["--unsafe"] if shutil.which("bwrap") is None else []))
+    assert res["n_problems"] == 4 and 0 <= res["pass@1"] <= 1
+    assert sum(r["c"] for r in res["per_problem"]) == round(res["pass@1"] * 4)
