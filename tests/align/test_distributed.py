@@ -243,7 +243,7 @@ args = TrainingArguments(output_dir=sys.argv[2], deepspeed=deepspeed_config("zer
 model = peft_model(AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.bfloat16),
                    {"r": 4, "target_modules": ["c_attn"]}, args)
 print(json.dumps({"adapter": sorted({str(p.dtype) for n, p in model.named_parameters() if "lora_" in n}),
-                  "gc": args.gradient_checkpointing_kwargs}))
+                  "gc": args.activation_checkpointing_kwargs}))   # what the Trainer reads (transformers 5)
 """
 
 
