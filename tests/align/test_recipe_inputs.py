@@ -88,3 +88,10 @@ def test_config_error_names_the_preset_layer(tmp_path):
     with pytest.raises(ConfigError, match=r"x.yaml.*templat: unknown key \(did you mean 'template'\?\)"):
         cli.load_config("rrtf", argparse.Namespace(base="tiny", config=[str(f)], overrides=[],
                                                                 ray_address=None))
+
+
+def test_a_missing_benchmark_fails_before_any_model_or_sampling(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        rrtf.main(["--base", "starcoder-15b", "--run-dir", str(tmp_path / "run"),
+                   f"eval.benchmarks=[{tmp_path}/missing.jsonl]"])
+    assert not (tmp_path / "run" / "problems.jsonl").exists()

@@ -79,3 +79,16 @@ def test_mbpp_train_against_test_flags_only_true_overlaps():
              for m in report["benchmarks"]["mbpp"]["matches"]}
     assert len(pairs) == 12
     assert (624, 477) not in pairs       # "upper case" vs "lower case": MBPP 624 / 477
+
+
+def test_benchmark_names_keep_splits_apart(tmp_path):
+    from evol.decontam import benchmark_name
+    from rank.records import write_jsonl
+
+    assert [benchmark_name(s) for s in ("humaneval", "mbpp:/d/mbpp.jsonl@test", "humaneval:/x/HumanEval.jsonl.gz",
+                                        "/data/my_bench.jsonl", "tasks@heldout")] == \
+        ["humaneval", "mbpp@test", "humaneval", "my_bench", "tasks@heldout"]
+    f = tmp_path / "b.jsonl"
+    write_jsonl(f, BENCH["mbpp"])
+    index = BenchmarkIndex.load([str(f), str(f)])
+    assert index.sizes == {"b": 2, "b#2": 2}
