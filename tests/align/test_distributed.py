@@ -272,6 +272,15 @@ def test_torchrun_dpo_precomputed_reference_two_processes(tiny_model, tmp_path):
 
 
 @pytest.mark.slow
+def test_torchrun_rrtf_two_processes_without_deepspeed(tiny_model, tmp_path):
+    """Plain DDP: the trainer hands the loss the DistributedDataParallel wrapper, not the model."""
+    spec = _spec(tmp_path, tiny_model, "rrtf", RANK_ROWS,
+                 config={"max_steps": 1, "per_device_train_batch_size": 2, "logging_steps": 1},
+                 options={"max_length": 64})
+    _check_saved(spec.output_dir, run_torchrun(spec, nproc=2, timeout=300), steps=1)
+
+
+@pytest.mark.slow
 def test_torchrun_zero3_lora_rrtf_bf16_two_processes(tiny_model, tmp_path):
     """LoRA on a bf16 base under ZeRO-3 with activation checkpointing, 2 CPU ranks (item 8's setup)."""
     pytest.importorskip("peft")
