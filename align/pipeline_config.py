@@ -159,6 +159,19 @@ class PlanConfig:
 
 
 @dataclass
+class LoopConfig:
+    """Iterative rounds: after round r trains, round r+1 samples the trained student again (the teachers'
+    samples stay), executes, ranks and trains (Code Llama's rejection-sampling rounds; SFT-then-DPO is
+    train.init_from). Round k > 1 lives in <run>/round-<k>/."""
+    rounds: int = 1
+    init: Literal["trained", "base"] = "trained"   # round k > 1 trains from round k-1's weights, or the base student
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+
+
+@dataclass
 class RunConfig:
     name: str = "tiny"
     base: str = "tiny"
@@ -174,4 +187,5 @@ class RunConfig:
     rank: RankConfig = field(default_factory=RankConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)

@@ -4,6 +4,7 @@
     .venv/bin/python bench/train.py --k 4 --prompt-len 256 --resp-len 256 --ckpt off,on   # one point
     .venv/bin/python bench/train.py --device cuda --dtype bf16 --attn flash_attention_2 --layers 4 --embd 1024
     .venv/bin/python bench/train.py --dropout-study      # shared vs independent prompt dropout (README)
+    .venv/bin/python bench/train.py --head-study         # chunked logits head vs the model's logits, peak memory
 
 Grid: k in {4, 8} responses per prompt, prompt length in {256, 1024}, response length in {256, 512},
 activation checkpointing off/on (non-reentrant, as transformers enables it). Per cell, a random-init
@@ -19,7 +20,8 @@ rules, then a probe) and that layout runs against "naive" (k right-padded rows p
 repeated: the public RRHF code's layout), both with the same chunked logits head and the same init:
 - tokens/s: data tokens per step (each prompt once + all responses, the same for both) over the fastest
   of --steps timed steps after a warm-up step; the two take their steps alternately, so they share the
-  machine's load;
+  machine's load. On CPU the step time is this process's CPU time (time.process_time, one thread):
+  on a machine shared by many jobs, wall time mostly measures the wait for a core;
 - peak memory of a step: on CPU, the growth of this process's peak RSS during the step (VmHWM reset
   through /proc/self/clear_refs before it; glibc's mmap threshold pinned at 1 MB so freed tensors leave
   RSS): activations, gradients and temporaries; optimizer state exists from the warm-up step on and is
@@ -114,11 +116,14 @@ class Meter:
         else:
             Path("/proc/self/clear_refs").write_text("5")    # VmHWM := current RSS
             base = self._status("VmRSS:")
-        t0 = time.perf_counter()
+        # CPU: this process's CPU time (one thread), which the other tenants of a loaded machine do not
+        # inflate as they do wall time; CUDA: wall time after a synchronize.
+        clock = time.perf_counter if self.cuda else time.process_time
+        t0 = clock()
         fn()
         if self.cuda:
             torch.cuda.synchronize()
-        seconds = time.perf_counter() - t0
+        seconds = clock() - t0
         peak = torch.cuda.max_memory_allocated() / 2**20 if self.cuda else self._status("VmHWM:")
         return seconds, peak - base
 
@@ -206,6 +211,25 @@ def dropout_study(a) -> dict:
             "prefix_minus_naive": round(stats["prefix"]["mean"] - stats["naive"]["mean"], 4)}
 
 
+def head_study(a, meter: Meter) -> dict:
+    """Peak memory of one RRTF step at StarCoder's vocabulary (49152): the chunked head against the
+    model's own logits head ([tokens, vocab] kept for backward), same model, batch and layout."""
+    a.vocab = 49152
+    k, P, R = 4, 256, 512
+    batch = make_batch(a, k, P, R)
+    model, opt = build(a, P + R + 8, False)
+    out = {}
+    for head in ("logits", "chunks"):
+        step = make_step(model, opt, batch, "prefix", head)
+        step()                                         # warm-up
+        seconds, peak = meter(step)
+        out[head] = {"peak_mb": round(peak, 1), "step_s": round(seconds, 3)}
+    targets = int(batch["response_lens"].sum())
+    return {"setup": {"k": k, "prompt_len": P, "resp_len": R, "vocab": a.vocab, "target_tokens": targets,
+                      "fp32_logits_mb": round(targets * a.vocab * 4 / 2**20, 1)},
+            **out, "mem_ratio": round(out["chunks"]["peak_mb"] / out["logits"]["peak_mb"], 3)}
+
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -224,12 +248,13 @@ def main() -> None:
     p.add_argument("--embd", type=int, default=128)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--vocab", type=int, default=256)
-    p.add_argument("--steps", type=int, default=2, help="timed steps per layout (one fewer for large cells)")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per layout (one fewer for large cells)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     p.add_argument("--attn", default="sdpa", help="attn_implementation: sdpa, eager, flash_attention_2, ...")
     p.add_argument("--dropout-study", action="store_true")
+    p.add_argument("--head-study", action="store_true", help="chunked logits head vs the model's logits")
     p.add_argument("--dropout-steps", type=int, default=120)
     p.add_argument("--dropout-seeds", type=int, default=3)
     a = p.parse_args()
@@ -239,6 +264,9 @@ def main() -> None:
         print(json.dumps({"bench": "train_dropout", **dropout_study(a)}))
         return
     meter, cells = Meter(a.device), []
+    if a.head_study:
+        print(json.dumps({"bench": "train_head", **head_study(a, meter)}))
+        return
     print(f"{'k':>2} {'prompt':>6} {'resp':>5} {'ckpt':>4}  {'layout':7} {'naive tok/s':>11} {'tok/s':>8} "
           f"{'speedup':>7}  {'naive MB':>8} {'MB':>7} {'mem':>5}", flush=True)
     for k, P, R, ckpt in itertools.product(a.k, a.prompt_len, a.resp_len, ckpts):

@@ -4,7 +4,9 @@ The one validator behind records (`rank.records.from_dict`, which adds file and 
 (`align.config.build`, which adds the YAML line or the override). Supported annotations: dataclasses,
 `X | None` and unions, `list[X]`, `dict[K, V]`, `Literal[...]`, `int`, `float` (an int is accepted),
 `str`, `bool`, `Any`. An unknown key is an error with the closest known one; a missing required field
-and a `__post_init__` that raises TypeError/ValueError are errors naming the field.
+and a `__post_init__` that raises TypeError/ValueError are errors naming the field. A dataclass with a
+class attribute `SHORTHAND = "field"` also accepts a plain string for `{field: string}` (a model entry
+written as just its name).
 
     from rank.typed import FieldError, build
     build(Lineage, {"round": "one"})   # FieldError: round: expected an integer, got str 'one'

@@ -167,20 +167,39 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", name.replace("/", "--"))
 
 
-def run_job(job: dict) -> dict:
+class NotFinished(Exception):
+    """--collect: a stage that has not finished (with this config and inputs) is not run."""
+
+
+def run_job(job: dict) -> dict | None:
     """Train one arm with one seed from the student, then greedy pass@1 on the evaluation set.
-    Both are resumable stages of the run directory. Plain data in and out (a Ray task)."""
+    Both are resumable stages of the run directory. Plain data in and out (a Ray task).
+    With job["collect"], nothing runs: None unless both stages finished earlier."""
     from align.recipes.rrtf import evaluate_model
     from align.train.launch import train_from_groups
 
-    run = RunDir(job["root"])
+    run = RunDir(job["root"], log=lambda _msg: None) if job.get("collect") else RunDir(job["root"])
     cfg: RunConfig = job["cfg"]
     out = run.path(job["out"])
-    if job["train"]:
-        groups = read_jsonl(job["groups"], RankedGroup)
-        run.stage(f"{job['stage']}-train", config=[cfg.method, asdict(cfg.train), job["init"]],
-                  inputs=[job["groups"]], outputs=[job["out"]],
-                  fn=lambda: train_from_groups(cfg.train, cfg.method, groups, job["init"], out, cfg.ray_address))
+
+    def guarded(fn):
+        def call():
+            if job.get("collect"):
+                raise NotFinished
+            return fn()
+        return call
+    try:
+        if job["train"]:
+            groups = read_jsonl(job["groups"], RankedGroup)
+            run.stage(f"{job['stage']}-train", config=[cfg.method, asdict(cfg.train), job["init"]],
+                      inputs=[job["groups"]], outputs=[job["out"]], fn=guarded(
+                          lambda: train_from_groups(cfg.train, cfg.method, groups, job["init"], out, cfg.ray_address)))
+        return _evaluate(run, job, cfg, out, evaluate_model, guarded)
+    except NotFinished:
+        return None
+
+
+def _evaluate(run: RunDir, job: dict, cfg: RunConfig, out: Path, evaluate_model, guarded) -> dict:
     model = str(out) if job["train"] else job["init"]
     spec = job["spec"]                            # the ModelSpec: backend, template, options
     result = run.path(f"{job['out']}.eval.json")
@@ -192,22 +211,22 @@ def run_job(job: dict) -> dict:
         return {"pass@1": res["pass@1"]}
     fp = run.model_fingerprint(model) if Path(model).is_dir() else model
     run.stage(f"{job['stage']}-eval", config=[fp, asdict(spec), asdict(cfg.eval), asdict(cfg.execute)],
-              inputs=[job["eval_file"]], outputs=[str(result.relative_to(run.root))], fn=evaluate)
+              inputs=[job["eval_file"]], outputs=[str(result.relative_to(run.root))], fn=guarded(evaluate))
     res = json.loads(result.read_text())
     return {"arm": job["arm"], "seed": job["seed"], "pass@1": res["pass@1"], "n_problems": res["n_problems"]}
 
 
 def run_jobs(jobs: list[dict], parallel: int, cfg: RunConfig) -> list[dict]:
     """Serially here, or `parallel` Ray tasks at a time (each asks for num_cpus / parallel CPUs)."""
-    if parallel <= 1:
-        return [run_job(j) for j in jobs]
+    if parallel <= 1 or all(j.get("collect") for j in jobs):
+        return [r for r in map(run_job, jobs) if r is not None]
     from align import fanout
 
     fanout.init_ray(cfg.ray_address, cfg.num_cpus)
     cpus = (cfg.num_cpus or os.cpu_count() or 1) / parallel
     out: list[dict] = []
     for _, res in fanout.ray_map(lambda js: [run_job(j) for j in js], [[j] for j in jobs], num_cpus=cpus):
-        out += res
+        out += [r for r in res if r is not None]
     return out
 
 
@@ -252,6 +271,8 @@ def markdown(report: dict) -> str:
                      f"| {a['rows']} | {a['tokens_seen']} |")
     for name, r in report["reference"].items():
         lines.append(f"| {name} (untrained reference) | - | - | {r['pass@1']:.3f} | {r['pass@1']:.3f} | - | - | - | - |")
+    if report.get("not_finished"):
+        lines += ["", f"Not finished (left out): {', '.join(report['not_finished'])}."]
     if report["differences"]:
         lines += ["", f"Differences against {report['baseline']} (Welch 95% interval; separated = excludes 0):", "",
                   "| arm | mean difference | 95% interval | separated |", "|---|---|---|---|"]
@@ -305,6 +326,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--references", default="student,teacher",
                    help="untrained models evaluated on the same set (comma-separated; '' for none)")
     p.add_argument("--parallel", type=int, default=1, help="trainings at once as Ray tasks (1: serial here)")
+    p.add_argument("--collect", action="store_true",
+                   help="run nothing: report the arm x seed results that finished earlier (a comparison cut short)")
     p.add_argument("--tag", default="compare", help="results go to <run>/compare/<tag>/")
     p.add_argument("--config", action="append", default=[], metavar="YAML", help="extra YAML layered on every preset")
     p.add_argument("--run-dir", default=None, help="the populated run directory (default: runs/<name>)")
@@ -401,22 +424,29 @@ def main(argv: list[str] | None = None) -> dict:
             jobs.append({"root": str(run.root), "cfg": cfg, "arm": a.name, "seed": seed, "train": True,
                          "init": student, "spec": cfg.models.student, "groups": str(group_files[cfg.rank.strategy]),
                          "out": f"compare/{slug(args.tag)}/{slug(a.name)}/seed-{seed}",
-                         "stage": f"compare-{slug(args.tag)}-{slug(a.name)}-s{seed}", "eval_file": str(eval_file)})
+                         "stage": f"compare-{slug(args.tag)}-{slug(a.name)}-s{seed}", "eval_file": str(eval_file),
+                         "collect": args.collect})
     references = [r for r in args.references.split(",") if r]
-    for ref in references:
+    for ref in reversed(references):       # first: cheap, and a comparison without its baseline is no use
         spec = {"student": first.models.student, "teacher": first.models.teachers[0]}.get(ref)
         if spec is None:
             p.exit(2, f"--references: {ref!r} is not one of student, teacher\n")
-        jobs.append({"root": str(run.root), "cfg": first, "arm": ref, "seed": None, "train": False,
+        jobs.insert(0, {"root": str(run.root), "cfg": first, "arm": ref, "seed": None, "train": False,
                      "init": models[spec.ref], "spec": spec,
                      "out": f"compare/{slug(args.tag)}/{ref}", "stage": f"compare-{slug(args.tag)}-{ref}",
-                     "eval_file": str(eval_file)})
+                     "eval_file": str(eval_file), "collect": args.collect})
     results = run_jobs(jobs, args.parallel, first)
 
     # 6. Aggregate: per arm every seed's pass@1, mean, std, 95% interval; differences to a baseline.
     per_arm: dict[str, list[float]] = {}
+    seed_ids: dict[str, list[int]] = {}
     for r in sorted(results, key=lambda r: (r["seed"] is None, r["seed"] or 0)):
         per_arm.setdefault(r["arm"], []).append(r["pass@1"])
+        seed_ids.setdefault(r["arm"], []).append(r["seed"])
+    missing = [j["arm"] + ("" if j["seed"] is None else f" seed {j['seed']}") for j in jobs
+               if j["seed"] not in seed_ids.get(j["arm"], [])]
+    if missing:
+        log(f"not finished, left out: {', '.join(missing)}")
     report = {"run": str(run.root), "eval": {"set": eval_name, "file": str(eval_file), "n_problems": n_eval},
               "budget": {"optimizer_steps": steps, "prompts_per_step": sorted(batches),
                          "held_equal": [f"optimizer steps ({steps})",
@@ -424,18 +454,21 @@ def main(argv: list[str] | None = None) -> dict:
                                         "initial weights (the student)", "sampled data (the run's)"],
                          "not_equal": ["response tokens seen (shown: a rank row holds every response of a prompt, "
                                        "a DPO row two, an SFT row one)"]},
-              "arms": {}, "reference": {}, "differences": {}}
+              "arms": {}, "reference": {}, "differences": {}, "not_finished": missing}
     for a in arms:
+        if a.name not in per_arm:
+            continue
         cfg = configs[a.name]
         seeds = per_arm[a.name]
         passes = steps * effective_batch(cfg) / len(rows[a.name])
         report["arms"][a.name] = {"method": a.method, "overrides": a.overrides, "seeds": seeds,
-                                  "seed_ids": list(range(args.seeds)), **summarize(seeds),
+                                  "seed_ids": seed_ids[a.name], **summarize(seeds),
                                   "n_problems": n_eval, "rows": len(rows[a.name]),
                                   "epochs": round(passes, 2), "tokens_seen": round(tokens[a.name] * passes),
                                   "strategy": cfg.rank.strategy}
     for ref in references:
-        report["reference"][ref] = {"pass@1": per_arm[ref][0], "n_problems": n_eval}
+        if ref in per_arm:
+            report["reference"][ref] = {"pass@1": per_arm[ref][0], "n_problems": n_eval}
     baseline = args.baseline or ("sft" if "sft" in report["arms"] else None)
     if baseline and baseline not in report["arms"]:
         p.exit(2, f"--baseline {baseline!r} is not an arm ({', '.join(report['arms'])})\n")

@@ -15,7 +15,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from align import fanout, report, stages
@@ -136,20 +136,20 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
     roles = [(cfg.models.student, student, "student")] + [(t, teachers[i], "teacher")
                                                          for i, t in enumerate(cfg.models.teachers)]
 
-    def sample() -> dict:
+    def sample(rd: RunDir, roles: list, extra: list[Candidate] = ()) -> dict:
         import ray
 
         fanout.init_ray(cfg.ray_address, cfg.num_cpus)
         rows = [asdict(p) for p in problems.values()]
-        out, usage = [], {}
+        out, usage = [asdict(c) for c in extra], {}
         for spec, path, role in roles:
             # Restarted when its process dies; a shard whose actor is gone is re-run on another.
             # No more actors than shards: an idle replica would only hold resources.
             replicas = min(spec.replicas, max(1, -(-len(rows) // cfg.sample.shard_size)))
             actors = fanout.start_actors(stages.Sampler, (asdict(spec), path, role), replicas,
                                          stages.actor_resources(spec))
-            fp = run.fingerprint([asdict(spec), path, role], [run.path("problems.jsonl")])
-            out += run.sharded(f"sample-{role}-{spec.ref.replace('/', '_').replace(':', '_')}", rows,
+            fp = rd.fingerprint([asdict(spec), path, role], [run.path("problems.jsonl")])
+            out += rd.sharded(f"sample-{role}-{spec.ref.replace('/', '_').replace(':', '_')}", rows,
                                cfg.sample.shard_size, None, fp,
                                executor=lambda _fn, shards: fanout.actor_map(actors, "sample", shards, fanout.Progress(
                                    sum(map(len, shards)), f"[sample] {role} {spec.ref}", "problems", log)))
@@ -157,36 +157,40 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
             usage[spec.ref] = {k: sum(c.get(k, 0) for c in counts) for k in counts[0]} if counts else {}
             for a in actors:
                 ray.kill(a)
-        if cfg.sample.include_reference:
+        if cfg.sample.include_reference and not extra:
             out += [asdict(c) for c in stages.reference_candidates(problems.values())]
-        write_jsonl(run.path("candidates.jsonl"), out)
+        write_jsonl(rd.path("candidates.jsonl"), out)
         return {"candidates": len(out), "usage": usage}
     run.stage("sample", config=[asdict(cfg.sample), [asdict(s) for s, _, _ in roles], models],
-              inputs=[run.path("problems.jsonl")], outputs=["candidates.jsonl"], fn=sample)
+              inputs=[run.path("problems.jsonl")], outputs=["candidates.jsonl"], fn=lambda: sample(run, roles))
     candidates = read_jsonl(run.path("candidates.jsonl"), Candidate)
 
     # 4. Execute every candidate's tests in the sandbox (Ray tasks, one sandbox per task).
-    def execute() -> dict:
-        verdicts = stages.execute_candidates(run, cfg.execute, candidates, problems, [run.path("candidates.jsonl")],
-                                             cfg.ray_address, cfg.num_cpus)
-        write_jsonl(run.path("verdicts.jsonl"), verdicts)
-        return {"verdicts": len(verdicts)}
+    def execute(rd: RunDir, candidates: list[Candidate], done: list[Verdict] = ()) -> dict:
+        """Run the candidates without a verdict in `done` (earlier rounds' teachers) and write all verdicts."""
+        have = {v.candidate_id for v in done}
+        verdicts = [asdict(v) for v in done] + stages.execute_candidates(
+            rd, cfg.execute, [c for c in candidates if c.id not in have], problems, [rd.path("candidates.jsonl")],
+            cfg.ray_address, cfg.num_cpus)
+        write_jsonl(rd.path("verdicts.jsonl"), verdicts)
+        return {"verdicts": len(verdicts), "reused": len(done)}
     run.stage("execute", config=asdict(cfg.execute), inputs=[run.path("candidates.jsonl")],
-              outputs=["verdicts.jsonl"], fn=execute)
+              outputs=["verdicts.jsonl"], fn=lambda: execute(run, candidates))
     verdicts = read_jsonl(run.path("verdicts.jsonl"), Verdict)
 
     # 5. Rank each problem's responses (PanGu-Coder2 rule by default).
-    def rank() -> dict:
+    def rank(rd: RunDir, candidates: list[Candidate], verdicts: list[Verdict]) -> dict:
         groups = stages.rank_groups(problems, candidates, verdicts, cfg.rank.strategy)
-        write_jsonl(run.path("ranked.jsonl"), groups)
+        write_jsonl(rd.path("ranked.jsonl"), groups)
         stats = {"groups": len(groups), "dropped": len(problems) - len(groups),
                  "sampled": stages.verdict_summary(candidates, verdicts)}
         if cfg.rank.strategies:   # the same verdicts under other rankers, and how much they agree
-            stats["tau_mean"] = stages.rank_agreement(run.root, problems, candidates, verdicts,
+            stats["tau_mean"] = stages.rank_agreement(rd.root, problems, candidates, verdicts,
                                                       cfg.rank.strategy, groups, cfg.rank.strategies)
         return stats
+    rank_outputs = ["ranked.jsonl"] + (["rank-agreement.json"] if cfg.rank.strategies else [])
     run.stage("rank", config=asdict(cfg.rank), inputs=[run.path("verdicts.jsonl")],
-              outputs=["ranked.jsonl"] + (["rank-agreement.json"] if cfg.rank.strategies else []), fn=rank)
+              outputs=rank_outputs, fn=lambda: rank(run, candidates, verdicts))
     groups = read_jsonl(run.path("ranked.jsonl"), RankedGroup)
 
     # 6. Train the student with the method's loss (RRTF by default), or continue from another
@@ -210,16 +214,49 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
         run.stage(f"dataset-{method}-rows", config=[cfg.name, method], inputs=[rows_file],
                   outputs=[f"datasets/{method}-rows"], fn=lambda: publish_rows(cfg, run, rows_file))
 
+    # 6b. Iterative rounds (loop.rounds, default 1): round k samples the student trained in round k-1
+    #     (under the name <ref>@round-k), keeps round 1's teacher samples and verdicts (the teachers
+    #     stay), executes, ranks and trains again from round k-1's weights or the base student
+    #     (loop.init). Round k's stages and artifacts live in round-<k>/ (round 1's in the run dir).
+    trained = [out_dir]
+    kept = [c for c in candidates if c.role != "student"]
+    kept_verdicts = [v for v in verdicts if v.candidate_id in {c.id for c in kept}]
+    for k in range(2, cfg.loop.rounds + 1):
+        rd = RunDir(run.path(f"round-{k}"), log=log)
+        prev = trained[-1]
+        spec_k = replace(cfg.models.student, ref=f"{cfg.models.student.ref}@round-{k}")
+        weights = run.model_fingerprint(prev)
+        rd.stage("sample", config=[asdict(cfg.sample), asdict(spec_k), weights], inputs=[run.path("candidates.jsonl")],
+                 outputs=["candidates.jsonl"], fn=lambda: sample(rd, [(spec_k, str(prev), "student")], kept))
+        cands_k = read_jsonl(rd.path("candidates.jsonl"), Candidate)
+        rd.stage("execute", config=asdict(cfg.execute), inputs=[rd.path("candidates.jsonl"), run.path("verdicts.jsonl")],
+                 outputs=["verdicts.jsonl"], fn=lambda: execute(rd, cands_k, kept_verdicts))
+        verdicts_k = read_jsonl(rd.path("verdicts.jsonl"), Verdict)
+        rd.stage("rank", config=asdict(cfg.rank), inputs=[rd.path("verdicts.jsonl")],
+                 outputs=rank_outputs, fn=lambda: rank(rd, cands_k, verdicts_k))
+        groups_k = read_jsonl(rd.path("ranked.jsonl"), RankedGroup)
+        init_k = str(prev) if cfg.loop.init == "trained" else student
+        out_k = rd.path(f"train/{method}")
+        rd.stage(f"train-{method}", config=[cfg.method, asdict(cfg.train), init_k,
+                                            weights if cfg.loop.init == "trained" else None],
+                 inputs=[rd.path("ranked.jsonl")], outputs=[f"train/{method}"],
+                 fn=lambda: train_from_groups(cfg.train, method, groups_k, init_k, out_k, cfg.ray_address))
+        run.results += [replace(r, name=f"round-{k}/{r.name}") for r in rd.results]
+        trained.append(out_k)
+
     # 7. pass@1 of the student before and after, and of the first teacher, each with its own backend
     #    and template: on the held-out problems and on each benchmark (eval.benchmarks; by default
     #    HumanEval and MBPP's test split for a registry base).
     evals: dict = {}
     eval_stages: dict = {}     # suite -> model label -> stage (its artifacts eval/<stage>.json(l)): the report's input
+    # With loop.rounds > 1, each earlier round's student too (student_round_<k>); student_after is the last.
+    after = [(f"student_round_{k}", cfg.models.student, str(d), f"eval-{method}-round-{k}")
+             for k, d in enumerate(trained[:-1], 1)]
+    after.append(("student_after", cfg.models.student, str(trained[-1]), f"eval-{method}"))
     for suite, data in suites.items():
         for name, spec, path, stage in [
                 ("student_before", cfg.models.student, student, "eval-student"),
-                ("teacher", cfg.models.teachers[0], teachers[0], "eval-teacher"),
-                ("student_after", cfg.models.student, str(out_dir), f"eval-{method}")]:
+                ("teacher", cfg.models.teachers[0], teachers[0], "eval-teacher"), *after]:
             stage = stage if suite == "heldout" else f"{stage}-{suite}"
             result_path = run.path(f"eval/{stage}.json")
 
@@ -229,7 +266,7 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
                 write_atomic(result_path, json.dumps(res))
                 return {k: v for k, v in res.items() if k.startswith("pass@")}
             # The trained model is fingerprinted by its final weights (cached hashes), not its checkpoints.
-            weights = run.model_fingerprint(out_dir) if name == "student_after" else None
+            weights = run.model_fingerprint(path) if name.startswith("student_") and name != "student_before" else None
             run.stage(stage, config=[path, asdict(spec), asdict(cfg.eval), asdict(cfg.execute), weights],
                       inputs=[run.path(data)],
                       outputs=[f"eval/{stage}.json"], fn=evaluate)
@@ -241,9 +278,10 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
     keep = lambda v: {k: x for k, x in v.items() if k.startswith("pass@") or k in ("n_problems", "n_samples")}  # noqa: E731
     result: dict = {k: keep(v) for k, v in heldout_evals.items()}
     result["method"] = method
+    result["rounds"] = [{"round": k, **keep(heldout_evals[name])} for k, (name, *_) in enumerate(after, 1)]
     result["benchmarks"] = {suite: {k: keep(v) for k, v in e.items()} for suite, e in evals.items()}
     write_atomic(run.path("eval.json"), json.dumps(result, indent=1))
-    print("\n" + report.write_report(run, title=cfg.name, method=method, evals=eval_stages, train_dir=out_dir,
+    print("\n" + report.write_report(run, title=cfg.name, method=method, evals=eval_stages, train_dir=trained[-1],
                                       models={"student": cfg.models.student.ref,
                                               "teachers": ", ".join(t.ref for t in cfg.models.teachers)},
                                       total_s=time.time() - t_start))

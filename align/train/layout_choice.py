@@ -84,6 +84,15 @@ def static_reason(model, layout: str) -> str | None:
     return None
 
 
+def _head_reason(model) -> str | None:
+    """Why the chunked head cannot run, known without running it."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and any(hasattr(p, "ds_id") for p in head.parameters()):
+        # Its backward replays lm_head outside the model's forward, where ZeRO-3 leaves the weight partitioned.
+        return "ZeRO-3 partitions lm_head's weight, which the chunked head's recompute would see empty"
+    return None
+
+
 def _probe_batch(vocab: int, device) -> dict:
     """B = 2 prompts (6 and 4 tokens), k = 2 ragged responses, one slot empty."""
     g = torch.Generator().manual_seed(0)
@@ -143,7 +152,7 @@ def decide(model, requested: str = "auto") -> Decision:
     checked, and refused with the reason if it cannot work)."""
     if requested not in CHOICES:
         raise ValueError(f"layout={requested!r}: expected one of {list(CHOICES)}")
-    head_reason = probe(model, "naive", "chunks")
+    head_reason = _head_reason(model) or probe(model, "naive", "chunks")
     head = "chunks" if head_reason is None else "logits"
     reasons = {} if head_reason is None else {"head=chunks": head_reason}
     for layout in (ORDER if requested == "auto" else (requested,)):

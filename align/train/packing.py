@@ -14,8 +14,8 @@ values and gradients up to float rounding: tests/align/test_packing.py):
             needs non-reentrant checkpointing (reentrant gives no gradient to tensors reached through
             the cache). Needs a model that takes `past_key_values` and a 2D mask over cache + new
             tokens: GPTBigCode, Llama and most decoders. With dropout on, the prompt's dropout draw is
-            shared by its k responses (one draw, not k): see README "Training layouts" for why that
-            does not matter (measured).
+            shared by its k responses (one draw, not k): README "Shared prompts" says why that does
+            not matter, measured with `bench/train.py --dropout-study`.
   "packed"  one row per prompt [prompt, resp_1, ..., resp_k], no padding between them, with a 4D
             additive block mask (each response sees the prompt and itself) and position ids that
             restart after the prompt for every response. Shares the prompt too, but attention runs

@@ -8,11 +8,14 @@ Heads (decided once per model with the layout, align/train/layout_choice.py):
             [n_keep, H] and lets it project only the first of them, so the model's forward never builds
             the vocabulary-wide tensor; then lm_head + fp32 log-softmax run per chunk of `chunk_tokens` targets
             under activation checkpointing (non-reentrant), so backward keeps only the hidden states and
-            recomputes one chunk's [chunk, V] logits at a time. The module call keeps ZeRO-3's parameter
-            hooks and LoRA layers in the path. Right for models whose logits are lm_head(hidden) as such;
-            models that post-process logits (soft-capping, scaling) fail the layout probe's check and get:
+            recomputes one chunk's [chunk, V] logits at a time. The module call keeps LoRA layers and
+            other wrappers in the path. Right for models whose logits are lm_head(hidden) as such;
+            models that post-process logits (soft-capping, scaling) fail the layout probe's check, and
+            models under ZeRO-3 are refused up front (the backward replay of lm_head runs outside the
+            model's forward, where ZeRO-3 has partitioned its weight: a 2-process CPU run fails so); they get:
   "logits"  the model's own logits at the kept positions ([n_keep, V] in the model dtype), then the fp32
-            log-softmax per chunk under checkpointing (keeps the model-dtype logits, not an fp32 copy).
+            log-softmax per chunk under checkpointing (keeps the model-dtype logits, not an fp32 copy:
+            half the memory in bf16).
 
 Peak memory: tests/align/test_packing.py::test_chunked_head_never_builds_the_vocab_wide_tensor.
 """

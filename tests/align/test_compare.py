@@ -105,5 +105,9 @@ def test_compare_end_to_end_on_a_ci_sized_run(tmp_path, monkeypatch):
     stages = json.loads((run_dir / "stages" / "compare-compare-rrtf--norank-s1-train.json").read_text())
     assert stages["stats"]["global_step"] == 2 and stages["stats"]["last_rank_loss"] >= 0
     assert compare.main(argv) == report                                  # resumed: nothing retrained
+    cut = compare.main([*argv[:-len(CI)], "--seeds", "3", "--collect", *CI])   # seed 2 never ran: left out
+    assert cut["not_finished"] == ["rrhf seed 2", "rrtf seed 2", "rrtf/norank seed 2"]
+    assert cut["arms"]["rrtf"]["seeds"] == report["arms"]["rrtf"]["seeds"] and cut["reference"] == report["reference"]
+    assert not (out / "rrtf" / "seed-2").exists()
     with pytest.raises(SystemExit):                                      # would need new samples
         compare.main([*argv, "models.student.sample.n=3"])

@@ -251,6 +251,16 @@ def test_logit_postprocessing_falls_back_to_the_models_logits():
     assert decision.head == "logits" and decision.layout == "prefix" and "head=chunks" in decision.reasons
 
 
+def test_zero3_partitioned_lm_head_uses_the_models_logits():
+    """Under ZeRO-3 (parameters carry `ds_id`) the chunked head is refused up front: its backward replay
+    of lm_head would see the partitioned, empty weight (a 2-process ZeRO-3 LoRA run failed so)."""
+    model = bigcode()
+    model.get_output_embeddings().weight.ds_id = 0
+    decision = decide(model)
+    assert decision.head == "logits" and "ZeRO-3" in decision.reasons["head=chunks"]
+    assert decision.layout == "prefix"
+
+
 def test_bad_layout_name():
     with pytest.raises(ValueError, match="layout"):
         decide(bigcode(), "packd")
