@@ -36,13 +36,47 @@ def lora_config(lora: dict | None):
     return LoraConfig(**{"task_type": "CAUSAL_LM", **lora})
 
 
+def zero3_checkpointing(args) -> None:
+    """Under ZeRO-3 with activation checkpointing, make it reentrant unless the user said otherwise.
+
+    transformers 5 defaults to non-reentrant checkpointing; with it the ranking trainer's shared-prompt
+    replay under ZeRO-3 fails in backward on a partitioned weight ("size of tensor a (0) must match the
+    size of tensor b (64)", the starcoder-15b preset on 2 CPU ranks), while reentrant checkpointing (TRL's
+    choice for PEFT + ZeRO-3, see peft_model) trains. `args` (TrainingArguments) is edited in place.
+    """
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if _checkpointing(args) and is_deepspeed_zero3_enabled() and "use_reentrant" not in _checkpointing_kwargs(args):
+        import logging
+
+        logging.getLogger(__name__).warning("ZeRO-3 with activation checkpointing: use_reentrant=True")
+        _set_checkpointing_kwargs(args, use_reentrant=True)
+
+
+# transformers 5 renamed gradient_checkpointing(_kwargs) to activation_checkpointing(_kwargs); the Trainer
+# reads the new names, which a write to the old attribute after construction does not reach.
+def _checkpointing(args) -> bool:
+    return bool(getattr(args, "activation_checkpointing", None) or getattr(args, "gradient_checkpointing", None))
+
+
+def _checkpointing_kwargs(args) -> dict:
+    return dict(getattr(args, "activation_checkpointing_kwargs", None) or args.gradient_checkpointing_kwargs or {})
+
+
+def _set_checkpointing_kwargs(args, **kwargs) -> None:
+    merged = {**_checkpointing_kwargs(args), **kwargs}
+    for name in ("activation_checkpointing_kwargs", "gradient_checkpointing_kwargs"):
+        if hasattr(args, name):
+            setattr(args, name, merged)
+
+
 def peft_model(model, lora: dict, args):
     """`peft.get_peft_model` with the two workarounds TRL's trainers apply for PEFT under DeepSpeed ZeRO-3.
 
     1. The adapter keeps the base model's dtype (`autocast_adapter_dtype=False`): PEFT would upcast it to
        fp32 under a bf16 base, and ZeRO-3 gathers persistent parameters into one buffer of the first one's
        dtype, so mixed dtypes fail on the first optimizer step (TRL issue 6089, DeepSpeed issue 8072).
-    2. Gradient checkpointing is reentrant (`args.gradient_checkpointing_kwargs["use_reentrant"] = True`):
+    2. Activation checkpointing is reentrant (`args.activation_checkpointing_kwargs["use_reentrant"] = True`):
        PEFT + ZeRO-3 train wrongly otherwise (TRL issue 2514). With checkpointing, PEFT also needs
        `enable_input_require_grads()`, or no gradient reaches the adapters of a frozen embedding.
     `args` (TrainingArguments) is edited in place; create it before this call, so ZeRO-3 is known.
@@ -54,12 +88,11 @@ def peft_model(model, lora: dict, args):
 
     zero3 = is_deepspeed_zero3_enabled()
     model = get_peft_model(model, lora_config(lora), **({"autocast_adapter_dtype": False} if zero3 else {}))
-    if args.gradient_checkpointing:
+    if _checkpointing(args):
         if zero3:
-            kwargs = dict(args.gradient_checkpointing_kwargs or {})
-            if kwargs.get("use_reentrant") is False:
+            if _checkpointing_kwargs(args).get("use_reentrant") is False:
                 logging.getLogger(__name__).warning("LoRA under ZeRO-3: use_reentrant=False overridden to True")
-            args.gradient_checkpointing_kwargs = {**kwargs, "use_reentrant": True}
+            _set_checkpointing_kwargs(args, use_reentrant=True)
         model.enable_input_require_grads()
     return model
 

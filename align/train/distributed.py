@@ -19,11 +19,12 @@ run length, world size), and removes the others.
 
 Every rank runs `run_job`, which calls the method's training function; the trainers (HF/TRL) pick up
 the process group from torchrun's or Ray Train's environment. With more than one node (torchrun on
-`num_nodes` > 1 with MASTER_ADDR/MASTER_PORT, or a Ray cluster) output_dir must be on storage every node
-mounts at the same path: each Ray worker checks that it sees the file the driver wrote there first. `config` passes straight through to the
-method's config class (TRL's DPOConfig/SFTConfig, TrainingArguments for the ranking trainer). On CPU the
-trainers get use_cpu=True and bf16=False, which is what lets DeepSpeed and accelerate agree on gloo with
-2 processes (docs/design.md §12). Rank 0 writes `metrics.json` into output_dir.
+`num_nodes` > 1 with MASTER_ADDR/MASTER_PORT, or a Ray cluster) output_dir must be on storage every
+node mounts at the same path: each Ray worker checks that it sees the file the driver wrote there
+first. `config` passes straight through to the method's config class (TRL's DPOConfig/SFTConfig,
+TrainingArguments for the ranking trainer). On CPU the trainers get use_cpu=True and bf16=False, which
+is what lets DeepSpeed and accelerate agree on gloo with 2 processes (docs/design.md §12). Rank 0
+writes `metrics.json` into output_dir.
 """
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ from transformers import Trainer
 
 from align.prompting import format_prompt
 from align.tokenization import encode, eos_id
-from align.train.checkpoints import fit, peft_model
+from align.train.checkpoints import fit, peft_model, zero3_checkpointing
 from align.train.config import DEFAULT_RANK_MAX_LENGTH, rank_loss_config
 from align.train.losses import RankLossConfig, get_loss
 from align.train.layout_choice import Decision, decide
@@ -224,6 +224,7 @@ def train_rank(model_path: str, rows: list[dict], output_dir: str, loss_config: 
     # from_pretrained partitions the weights across ranks as they load rather than filling every rank.
     args = TrainingArguments(output_dir=str(output_dir),
                              **{**cpu_safe_defaults(), "remove_unused_columns": False, **training_args})
+    zero3_checkpointing(args)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or model_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -100,7 +100,8 @@ def target_logps(model, keep: torch.Tensor, rows: torch.Tensor, cols: torch.Tens
     if head not in HEADS:
         raise ValueError(f"head={head!r}: expected one of {HEADS}")
     place = keep.flatten().cumsum(0).sub(1).view_as(keep)[rows, cols]     # index among the kept rows
-    lm_head = model.get_output_embeddings() if head == "chunks" else None
+    # getattr(.module): under DDP (several processes without DeepSpeed) the Trainer passes the wrapper.
+    lm_head = getattr(model, "module", model).get_output_embeddings() if head == "chunks" else None
     if lm_head is None:
         logits = _kept(_run(model, keep, model_kwargs), keep)
         return _chunked(_logps_from_logits, logits[place], tokens, chunk_tokens(logits.shape[-1]))

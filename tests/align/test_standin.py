@@ -120,6 +120,9 @@ def test_stand_in_student_with_a_teacher_behind_a_local_openai_server(tmp_path, 
     # teacher has 256 positions, too few for HumanEval prompts: built-in tasks, held-out eval only.
     run, ev = _run(tmp_path, "starcoder-15b", suites=(), extra=[
                                                      "data.source=tasks", "eval.benchmarks=[]", "evolve.rounds=0",
+                                                     # ZeRO-3 backward fails on these short rows (size-0 param in
+                                                     # a checkpointed recompute; reported): the subject here is the teacher
+                                                     "train.deepspeed=zero2",
                                                      "models.teachers.0.sample.n=1", "eval.max_new_tokens=16",
                                                      "models.teachers.0.sample.max_new_tokens=16", *teacher])
     config = (run / "config.yaml").read_text()
