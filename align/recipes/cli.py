@@ -7,7 +7,7 @@ from pathlib import Path
 
 from align.config import ConfigError, load
 from align.pipeline_config import RunConfig
-from rank.plugins import resolve, suggest
+from rank.plugins import suggest
 
 RECIPES = Path(os.environ.get("RRTF_RECIPES", Path(__file__).resolve().parents[2] / "recipes"))
 
@@ -77,11 +77,9 @@ def check_names(cfg: RunConfig) -> None:
         checks.append((f"{where}.template", get_template, spec.template))
         if spec.backend != "openai":   # an API's model name is the server's to check, not ours
             checks.append((f"{where}.ref", check_ref, spec.ref))
-        if hasattr(generate, "check_backend"):      # validates names and options without importing them
-            checks.append((f"{where}.backend", lambda s: generate.check_backend(s.backend, s.options), spec))
-        else:
-            checks.append((f"{where}.backend", lambda name: resolve(generate.BACKENDS, name, "generation backend"),
-                           spec.backend))
+        # validates names and options without importing the backend's library
+        checks.append((f"{where}.backend", lambda s: generate.check_backend(s.backend, s.options), spec))
+    checks.append(("models.student.template", _check_trained_template, cfg.models.student.template))
     from align.datagen import evolve_spec
     from evol.llm_evolve import FRAMINGS
 
@@ -104,6 +102,14 @@ def check_names(cfg: RunConfig) -> None:
             fn(arg)
         except (UnknownNameError, ValueError, TypeError) as e:
             raise ConfigError(f"{where}: {e}") from None
+
+
+def _check_trained_template(name: str) -> None:
+    """Training formats every prompt as `pangu` (align.train.datasets, the collator), so a student
+    sampled with another template would be trained on prompts it never saw; refuse that at load."""
+    if name != "pangu":
+        raise ValueError(f"the student is trained on pangu-formatted prompts, so it must be sampled with "
+                         f"template pangu too, not {name!r} (a teacher may use any template)")
 
 
 def _check_world(t) -> None:
