@@ -124,3 +124,16 @@ def served_model_dir(tmp_path_factory) -> Path:
 def openai_server(served_model_dir, tmp_path_factory):
     with start_openai_server(served_model_dir, tmp_path_factory.mktemp("server") / "serve.log") as server:
         yield server
+
+
+# Test modules reach these two through fixtures: `from conftest import ...` resolves to whichever
+# conftest.py was imported last (tests/rank has one too), so it breaks in a whole-suite run.
+@pytest.fixture(scope="session")
+def served_model_builder():
+    return build_served_model
+
+
+@pytest.fixture(scope="session")
+def serve():
+    """`start_openai_server(model_dir, log)`: a context manager for one more server."""
+    return start_openai_server

@@ -22,15 +22,13 @@ SMALL = ["data.limit=4", "data.n_heldout=4", "evolve.rounds=1", "models.student.
 
 
 @pytest.fixture(scope="module")
-def long_context_teacher(tmp_path_factory) -> Path:
+def long_context_teacher(tmp_path_factory, served_model_builder) -> Path:
     """The tiny teacher with its 256 learned positions tiled to 2048: evolution prompts are longer
     than anything it was trained on, and a served model must accept them without an index error."""
     import torch
     from transformers import GPTBigCodeForCausalLM
 
-    from conftest import build_served_model
-
-    out = build_served_model(tmp_path_factory.mktemp("served-long") / "teacher")
+    out = served_model_builder(tmp_path_factory.mktemp("served-long") / "teacher")
     model = GPTBigCodeForCausalLM.from_pretrained(out)
     old = model.transformer.wpe.weight.data
     model.config.n_positions = 2048
@@ -43,12 +41,11 @@ def long_context_teacher(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not MBPP.exists(), reason=f"MBPP not found at {MBPP}")
-def test_rrtf_evolves_mbpp_with_a_served_teacher_and_trains(long_context_teacher, tmp_path):
+def test_rrtf_evolves_mbpp_with_a_served_teacher_and_trains(long_context_teacher, serve, tmp_path):
     from align.recipes import rrtf
-    from conftest import start_openai_server
 
     run_dir = tmp_path / "run"
-    with start_openai_server(long_context_teacher, tmp_path / "serve.log") as server:
+    with serve(long_context_teacher, tmp_path / "serve.log") as server:
         rrtf.main(["--base", "tiny", "--run-dir", str(run_dir), f"data.source=mbpp:{MBPP}@train", *SMALL,
                    f"evolve.model.ref={server.model}", "evolve.model.backend=openai", "evolve.model.template=chat",
                    f"evolve.model.options.base_url={server.base_url}", "evolve.model.options.api_key_env=null",
@@ -67,14 +64,13 @@ def test_rrtf_evolves_mbpp_with_a_served_teacher_and_trains(long_context_teacher
 
 
 @pytest.mark.slow
-def test_self_instruct_with_a_served_question_and_test_writer(long_context_teacher, tmp_path):
+def test_self_instruct_with_a_served_question_and_test_writer(long_context_teacher, serve, tmp_path):
     """Questions and tests written by a model behind an OpenAI-compatible server (the tiny teacher
     writes no usable question, so the funnel is honest about it), the tiny teacher solving."""
     from align.recipes import self_instruct
-    from conftest import start_openai_server
 
     run_dir = tmp_path / "run"
-    with start_openai_server(long_context_teacher, tmp_path / "serve.log") as server:
+    with serve(long_context_teacher, tmp_path / "serve.log") as server:
         served = [f"ref={server.model}", "backend=openai", "template=chat", f"options.base_url={server.base_url}",
                   "options.api_key_env=null", f"options.cache_dir={tmp_path / 'cache'}", "sample.max_new_tokens=64"]
         funnel = self_instruct.main(["--run-dir", str(run_dir), "questions.generator=model", "questions.n=10",
