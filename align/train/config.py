@@ -113,6 +113,24 @@ def check_train(train: Any, method: str) -> None:
         if shared:
             raise ValueError(f"train.trl: {shared} are TrainingArguments fields; set them under train.args "
                              f"(their one home, shared by every method)")
+    if method == "dpo" and train.trl.get("precompute_ref_log_probs") and train.num_workers > 1 \
+            and _zero_stage(train.deepspeed) == 3:
+        # TRL's precompute pass runs the DeepSpeed engine outside training; ZeRO-3's parameter trace then
+        # fails on the first step ("pop from an empty deque", the starcoder-15b DPO preset on 2 CPU ranks).
+        raise ValueError("train.trl.precompute_ref_log_probs fails under ZeRO-3 on more than one rank "
+                         "(DeepSpeed's parameter trace); leave it false (the reference model stays in the "
+                         "loop) or train with zero2")
     if train.lora:
         from peft import LoraConfig
         check_keys(LoraConfig, train.lora, "train.lora")
+
+
+def _zero_stage(deepspeed: str | None) -> int:
+    """The ZeRO stage of train.deepspeed (a preset name or a JSON path); 0 without DeepSpeed."""
+    if not deepspeed:
+        return 0
+    import json
+
+    from align.train.distributed import deepspeed_config
+
+    return int(json.loads(open(deepspeed_config(deepspeed)).read()).get("zero_optimization", {}).get("stage", 0))

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from align.tokenization import encode
-from align.train.checkpoints import fit, lora_config
+from align.train.checkpoints import fit, lora_config, zero3_checkpointing
 from rank.plugins import suggest
 
 DPO_FIELDS = ("prompt", "chosen", "rejected")
@@ -141,6 +141,7 @@ def dpo_trainer(
     from trl import DPOConfig, DPOTrainer
 
     args = build_config(DPOConfig, dict(config or {}), output_dir)
+    zero3_checkpointing(args)   # as the ranking trainer does under ZeRO-3
     tok = _tokenizer(tokenizer_path or model_path)
     data = _dataset(rows, DPO_FIELDS, tok.eos_token, completions=("chosen", "rejected"))
     if args.precompute_ref_log_probs:
@@ -172,6 +173,7 @@ def sft_trainer(
     from trl import SFTConfig, SFTTrainer
 
     args = build_config(SFTConfig, dict(config or {}), output_dir)
+    zero3_checkpointing(args)
     tok = _tokenizer(tokenizer_path or model_path)
     data = _dataset(rows, SFT_FIELDS, tok.eos_token, completions=("completion",))
     return SFTTrainer(

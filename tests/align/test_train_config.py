@@ -80,3 +80,12 @@ def test_dataset_args_are_validated_when_the_config_loads():
     with pytest.raises(ConfigError, match="did you mean 'pairing'"):
         _load("tiny", "dpo", "train.dataset_args.pairng=all_pairs")
     check_train(_load("tiny", "dpo", "train.dataset_args.min_gap=0.5").train, "dpo")
+
+
+def test_precomputed_reference_under_zero3_on_several_ranks_is_refused_at_load():
+    """TRL's precompute pass breaks ZeRO-3's parameter trace on 2 ranks ("pop from an empty deque" in
+    DeepSpeed, seen with this preset on CPU); ZeRO-2 and a single rank are left alone."""
+    with pytest.raises(ConfigError, match="precompute_ref_log_probs fails under ZeRO-3"):
+        _load("starcoder-15b", "dpo", "train.trl.precompute_ref_log_probs=true")
+    for ok in (["train.deepspeed=zero2"], ["train.num_workers=1", "train.num_gpus_per_node=1"]):
+        _load("starcoder-15b", "dpo", "train.trl.precompute_ref_log_probs=true", *ok)
