@@ -181,40 +181,24 @@ def sft_trainer(
     )
 
 
-def train_dpo(
-    model_path: str | Path,
-    rows: Iterable[dict],
-    output_dir: str | Path,
-    config: dict[str, Any] | None = None,
-    tokenizer_path: str | Path | None = None,
-    ref_model_path: str | Path | None = None,
-    lora: dict | None = None,
-) -> dict[str, Any]:
-    """DPO; saves model + tokenizer to output_dir (resuming from its newest checkpoint); returns metrics."""
+def train_dpo(model_path: str | Path, rows: Iterable[dict], output_dir: str | Path, *args, **kwargs) -> dict[str, Any]:
+    """DPO with `dpo_trainer`'s arguments; saves model + tokenizer to output_dir (resuming from its newest
+    checkpoint); returns metrics."""
     rows = list(rows)
-    trainer = dpo_trainer(model_path, rows, output_dir, config, tokenizer_path, ref_model_path, lora)
-    return _fit(trainer, rows, output_dir, lora, ("chosen", "rejected"))
+    return _fit(dpo_trainer(model_path, rows, output_dir, *args, **kwargs), rows, output_dir, ("chosen", "rejected"))
 
 
-def _fit(trainer, rows: list[dict], output_dir, lora: dict | None, completions: tuple[str, ...]) -> dict[str, Any]:
-    """checkpoints.fit, plus what max_length truncates (rank 0)."""
-    metrics = fit(trainer, output_dir, trainer.processing_class, merge_lora=lora is not None)
+def _fit(trainer, rows: list[dict], output_dir, completions: tuple[str, ...]) -> dict[str, Any]:
+    """checkpoints.fit (merging a LoRA adapter into the saved model), plus what max_length truncates (rank 0)."""
+    metrics = fit(trainer, output_dir, trainer.processing_class, merge_lora=hasattr(trainer.model, "peft_config"))
     if trainer.is_world_process_zero():
         stats = length_stats(trainer.processing_class, rows, completions, trainer.args.max_length)
         metrics.update({f"truncation_{k}": v for k, v in stats.items()})
     return metrics
 
 
-def train_sft(
-    model_path: str | Path,
-    rows: Iterable[dict],
-    output_dir: str | Path,
-    config: dict[str, Any] | None = None,
-    tokenizer_path: str | Path | None = None,
-    lora: dict | None = None,
-) -> dict[str, Any]:
-    """SFT; saves model + tokenizer to output_dir (resuming from its newest checkpoint); returns metrics."""
+def train_sft(model_path: str | Path, rows: Iterable[dict], output_dir: str | Path, *args, **kwargs) -> dict[str, Any]:
+    """SFT with `sft_trainer`'s arguments; saves model + tokenizer to output_dir (resuming from its newest
+    checkpoint); returns metrics."""
     rows = list(rows)
-    trainer = sft_trainer(model_path, rows, output_dir, config, tokenizer_path, lora)
-    return _fit(trainer, rows, output_dir, lora, ("completion",))
-
+    return _fit(sft_trainer(model_path, rows, output_dir, *args, **kwargs), rows, output_dir, ("completion",))
