@@ -162,7 +162,7 @@ def _per_round(make: Callable[[str], Callable[[list[str]], list[str]]]) -> Calla
 
 def publish_rows(cfg: Any, run: Any, rows_file: Any) -> dict:
     """The training rows of a loop run as datasets/<method>-rows (the card carries the run's config)."""
-    from align.config import to_dict
+    from align.config_loader import to_dict
     from align.publish import DatasetCard, write_dataset
     from rank.records import read_jsonl
 

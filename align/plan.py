@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from align.pipeline_config import RunConfig
+from align.recipes.loop_config import RunConfig
 
 _ZERO_STAGE = {"zero2": 2, "zero3": 3, "zero3_offload": 3}
 

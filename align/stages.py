@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from align.pipeline_config import DataConfig
+from align.recipes.loop_config import DataConfig
 from align.templates import generate as generate_texts, get_template
 from rank.records import Candidate, Problem, RankedGroup, ScoredResponse, Verdict, from_dict
 from rank.strategies import get_strategy

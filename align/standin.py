@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from align.models import ModelEntry, find
-from align.pipeline_config import RunConfig
+from align.recipes.loop_config import RunConfig
 from rank.records import content_id
 
 BUILD_VERSION = 1
@@ -105,7 +105,7 @@ def _cpu_options(options: dict[str, Any]) -> dict[str, Any]:
 def apply(cfg: RunConfig) -> tuple[RunConfig, list[str], dict[str, ModelEntry]]:
     """The config with GPU-only settings moved to CPU, the list of replacements (for the user), and
     the stand-in registry entry of each model reference (it builds itself: align.models.materialize)."""
-    from align.config import ConfigError
+    from align.config_loader import ConfigError
 
     cfg = dataclasses.replace(cfg)   # shallow; every section changed below is replaced, not mutated
     said: list[str] = []

@@ -18,7 +18,7 @@ Build and report held-out greedy pass@1 (100 held-out tasks, depth <= cfg.max_de
     python -m align.tiny --preset ci --set seed=1 lr=1e-3
 
 Pass@1 is measured as the loop measures it (align.evaluate: the `hf` backend, every program in the
-sandbox); `--set key=value` overrides go through the config system (align.config).
+sandbox); `--set key=value` overrides go through the config system (align.config_loader).
 Measured here (1 thread, 3.4-5.2 steps/s depending on load): default student 0.26 / teacher 0.84
 (seed 0; the same through the sandboxed evaluator, eval 11 s), 0.28 / 0.75 (seed 1); ci student 0.12 /
 teacher 0.45. `threads` defaults to 1: on
@@ -266,15 +266,15 @@ def heldout_pass_at_1(model_path: str, problems: list[Problem], max_new_tokens: 
 
 
 def config_from(preset: str, overrides: list[str] = ()) -> TinyConfig:
-    """`PRESETS[preset]` with `field=value` overrides, checked by the config system (align.config):
+    """`PRESETS[preset]` with `field=value` overrides, checked by the config system (align.config_loader):
     an unknown field is a ConfigError with the closest known one, a wrong type names the field."""
-    from align.config import load
+    from align.config_loader import load
 
     return load(TinyConfig, [], overrides, base=dataclasses.asdict(PRESETS[preset]))
 
 
 def main(argv: list[str] | None = None) -> None:
-    from align.config import ConfigError
+    from align.config_loader import ConfigError
 
     ap = argparse.ArgumentParser(description="Build the tiny models and report held-out greedy pass@1.")
     ap.add_argument("--preset", default="default", choices=sorted(PRESETS))

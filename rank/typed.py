@@ -1,7 +1,7 @@
 """Dataclasses from parsed JSON or YAML mappings, checked field by field.
 
 The one validator behind records (`rank.records.from_dict`, which adds file and line) and configs
-(`align.config.build`, which adds the YAML line or the override). Supported annotations: dataclasses,
+(`align.config_loader.build`, which adds the YAML line or the override). Supported annotations: dataclasses,
 `X | None` and unions, `list[X]`, `dict[K, V]`, `Literal[...]`, `int`, `float` (an int is accepted),
 `str`, `bool`, `Any`. An unknown key is an error with the closest known one; a missing required field
 and a `__post_init__` that raises TypeError/ValueError are errors naming the field. A dataclass with a

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from align.config import ConfigError, load
-from align.pipeline_config import RunConfig
+from align.config_loader import ConfigError, load
+from align.recipes.loop_config import RunConfig
 from align.recipes import cli
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -63,7 +63,7 @@ def test_importing_rank_loads_no_torch():
 
 
 def test_importing_config_and_recipe_cli_is_light():
-    code = "import sys, align.config, align.recipes.cli, align.pipeline_config; print('torch' in sys.modules)"
+    code = "import sys, align.config_loader, align.recipes.cli, align.recipes.loop_config; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "False"
 

@@ -5,8 +5,8 @@ import argparse
 import os
 from pathlib import Path
 
-from align.config import ConfigError, load
-from align.pipeline_config import RunConfig
+from align.config_loader import ConfigError, load
+from align.recipes.loop_config import RunConfig
 from rank.plugins import suggest
 
 RECIPES = Path(os.environ.get("RRTF_RECIPES", Path(__file__).resolve().parents[2] / "recipes"))
@@ -125,7 +125,7 @@ def _check_world(t) -> None:
 
 def check_passthrough(cfg: RunConfig) -> None:
     """Check mappings handed to other libraries' dataclasses before anything loads."""
-    from align.config import check_keys
+    from align.config_loader import check_keys
     from rank.strategies import get_strategy
 
     for name in [cfg.rank.strategy, *cfg.rank.strategies]:

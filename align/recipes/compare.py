@@ -35,8 +35,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from align import stages
-from align.config import ConfigError, load
-from align.pipeline_config import RunConfig
+from align.config_loader import ConfigError, load
+from align.recipes.loop_config import RunConfig
 from align.recipes import cli
 from align.rundir import RunDir
 from rank.plugins import UnknownNameError

@@ -19,8 +19,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from align import fanout, report, stages
-from align.config import ConfigError, dump
-from align.pipeline_config import ModelSpec, RunConfig
+from align.config_loader import ConfigError, dump
+from align.recipes.loop_config import ModelSpec, RunConfig
 from align.recipes import cli
 from align.rundir import RunDir
 from align.templates import get_template

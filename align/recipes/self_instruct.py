@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from align import fanout, stages
-from align.config import ConfigError, dump, load
-from align.pipeline_config import ExecuteConfig, ModelSpec, SamplingConfig
+from align.config_loader import ConfigError, dump, load
+from align.recipes.loop_config import ExecuteConfig, ModelSpec, SamplingConfig
 from align.recipes import cli
 from align.rundir import RunDir
 from rank.plugins import UnknownNameError
@@ -263,7 +263,7 @@ def run_job(cfg: SelfInstructConfig, run: RunDir) -> dict:
 
 
 def write_datasets(cfg: SelfInstructConfig, run: RunDir, funnel: dict, data: dict[str, list[dict]]) -> None:
-    from align.config import to_dict
+    from align.config_loader import to_dict
     from align.publish import DatasetCard, write_dataset
 
     decon = json.loads(run.path("decontamination.json").read_text())

@@ -92,7 +92,7 @@ def rank_max_length(train: Any) -> int:
 
 def check_train(train: Any, method: str) -> None:
     """Every training option of a loaded config, before anything trains (ValueError naming the key)."""
-    from align.config import check_keys
+    from align.config_loader import check_keys
     from align.train.datasets import check_builder_args
 
     if train.max_length is not None and train.max_length < 4:

@@ -4,7 +4,7 @@
     stats = train_from_groups(cfg.train, "rrtf", groups, init="/abs/student", out_dir=run.path("train/rrtf"),
                               ray_address=cfg.ray_address)
 
-`train` is the recipe's `train:` section (align.pipeline_config.TrainConfig): `launcher` inprocess |
+`train` is the recipe's `train:` section (align.recipes.loop_config.TrainConfig): `launcher` inprocess |
 torchrun | ray, `num_workers` processes over `num_nodes` nodes, `args`/`trl` merged once
 (align.train.config.trainer_options), `loss`/`loss_args`, `max_length`, `lora`, `deepspeed`. The job
 runs through align.train.distributed.launch: absolute paths, a checkpoint resumed only under the same

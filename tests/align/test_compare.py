@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from align.config import ConfigError
+from align.config_loader import ConfigError
 from align.recipes import compare
 
 
@@ -47,7 +47,7 @@ def test_arms_from_methods_and_variants():
 
 
 def test_an_arm_that_would_need_new_samples_is_refused():
-    from align.pipeline_config import RunConfig
+    from align.recipes.loop_config import RunConfig
 
     run_cfg = RunConfig()
     arm_cfg = RunConfig()
@@ -60,7 +60,7 @@ def test_an_arm_that_would_need_new_samples_is_refused():
 
 
 def test_preset_steps_and_markdown():
-    from align.pipeline_config import RunConfig
+    from align.recipes.loop_config import RunConfig
 
     cfg = RunConfig()
     cfg.train.args.update(per_device_train_batch_size=8, num_train_epochs=5)

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from align.config import load
+from align.config_loader import load
 from align.datagen import evolve_spec, problems_stage
-from align.pipeline_config import RunConfig
+from align.recipes.loop_config import RunConfig
 from align.recipes.cli import RECIPES
 from align.rundir import RunDir
 from rank.records import read_jsonl, write_jsonl

@@ -11,9 +11,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from align.config import load
+from align.config_loader import load
 from align.datagen import problems_stage
-from align.pipeline_config import RunConfig
+from align.recipes.loop_config import RunConfig
 from align.recipes.cli import RECIPES
 from align.rundir import RunDir
 from rank.records import Lineage, Problem, read_jsonl, write_jsonl

@@ -353,8 +353,8 @@ def test_train_layout_reaches_the_trainer_from_the_config(tmp_path):
     becomes the trainer's `packing` in the job spec; it is refused for methods without a layout."""
     from pathlib import Path
 
-    from align import config as config_mod
-    from align.pipeline_config import RunConfig
+    from align import config_loader as config_mod
+    from align.recipes.loop_config import RunConfig
     from align.train.config import check_train
     from align.train.launch import job_spec
 

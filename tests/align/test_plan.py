@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from align.config import ConfigError
+from align.config_loader import ConfigError
 from align.models import count_parameters, lookup
 from align.plan import describe, estimate
 from align.recipes import cli
@@ -72,7 +72,7 @@ def test_each_models_eval_gets_its_own_actor_with_its_backends_gpus(monkeypatch)
     import ray
 
     from align import fanout
-    from align.pipeline_config import ModelSpec
+    from align.recipes.loop_config import ModelSpec
     from align.recipes import rrtf
 
     started, killed = [], []

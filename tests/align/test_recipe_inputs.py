@@ -8,7 +8,7 @@ import json
 import pytest
 
 from align import stages
-from align.config import ConfigError
+from align.config_loader import ConfigError
 from align.recipes import cli, rrtf
 from evol.seeds import load_source
 from rank.records import RecordError, to_dict, write_jsonl

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from align.config import ConfigError, load
-from align.pipeline_config import RunConfig
+from align.config_loader import ConfigError, load
+from align.recipes.loop_config import RunConfig
 
 
 def test_rounds_config_is_checked():

@@ -54,7 +54,7 @@ def test_openai_teachers_are_kept():
 
 
 def test_unknown_architecture_is_refused():
-    from align.config import ConfigError
+    from align.config_loader import ConfigError
 
     with pytest.raises(ConfigError, match="not in the model registry"):
         standin.apply(_cfg("starcoder-15b", "rrtf", "models.teachers.0.ref=someorg/unknown-model"))

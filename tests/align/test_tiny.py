@@ -99,7 +99,7 @@ def test_heldout_eval_of_a_built_model_is_greedy_and_consistent(built):
 
 
 def test_set_overrides_go_through_the_config_system():
-    from align.config import ConfigError
+    from align.config_loader import ConfigError
 
     cfg = tiny.config_from("test", ["n_layer=3", "lr=1e-4", "cache_dir=/tmp/x"])
     assert (cfg.n_layer, cfg.lr, cfg.cache_dir, cfg.n_embd) == (3, 1e-4, "/tmp/x", tiny.PRESETS["test"].n_embd)

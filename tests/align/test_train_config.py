@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from align.config import ConfigError, load
-from align.pipeline_config import RunConfig, TrainConfig
+from align.config_loader import ConfigError, load
+from align.recipes.loop_config import RunConfig, TrainConfig
 from align.recipes.cli import RECIPES, check_passthrough
 from align.train.config import RankLossArgs, RankLossConfig, check_train, rank_loss_config, trainer_options
 
@@ -37,8 +37,8 @@ def test_loss_args_are_typed_when_the_config_loads():
 
 
 def test_the_loss_config_lives_in_a_module_without_torch():
-    code = ("import sys; from align.recipes.cli import RECIPES; from align.config import load;"
-            "from align.pipeline_config import RunConfig;"
+    code = ("import sys; from align.recipes.cli import RECIPES; from align.config_loader import load;"
+            "from align.recipes.loop_config import RunConfig;"
             "cfg = load(RunConfig, [RECIPES / 'tiny/rrtf.yaml'], ['train.loss_args.ft_weight=0.5']);"
             "from align.train.config import rank_loss_config; rank_loss_config('rrtf', cfg.train.loss_args);"
             "print('torch' in sys.modules)")
