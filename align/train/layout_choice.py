@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from align.train.packing import LAYOUTS, checkpointing, reentrant_checkpointing
+from align.train.packing import LAYOUTS, checkpointing, compute_dtype, reentrant_checkpointing
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +47,6 @@ class Decision:
     def describe(self) -> str:
         why = "; ".join(f"{name}: {reason}" for name, reason in self.reasons.items())
         return f"layout={self.layout} head={self.head}" + (f" (not {why})" if why else "")
-
-
-def compute_dtype(model) -> torch.dtype:
-    try:
-        dtype = model.get_input_embeddings().weight.dtype
-    except (AttributeError, NotImplementedError):
-        dtype = next(model.parameters()).dtype
-    return dtype if dtype.is_floating_point else torch.float32
 
 
 def attn_implementation(model) -> str:

@@ -138,7 +138,7 @@ def naive_logps(model, batch: dict, pad_id: int = 0, head: str = "chunks") -> tu
 
 
 def packed_logps(model, batch: dict, pad_id: int = 0, head: str = "chunks") -> tuple[torch.Tensor, torch.Tensor]:
-    inputs = packed_inputs(batch, pad_id, _mask_dtype(model))
+    inputs = packed_inputs(batch, pad_id, compute_dtype(model))
     return _single_pass(model, inputs, head), inputs["slot"]
 
 
@@ -268,7 +268,7 @@ def response_logps(model, batch: dict, layout: str = "prefix", pad_id: int = 0,
     return logp_sum.view(B, K), batch["response_lens"]
 
 
-def _mask_dtype(model) -> torch.dtype:
+def compute_dtype(model) -> torch.dtype:
     # sdpa wants a float mask in the query dtype; the embedding dtype is what the model computes in.
     try:
         dtype = model.get_input_embeddings().weight.dtype
