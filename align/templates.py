@@ -99,6 +99,54 @@ def get_template(name: str) -> Template:
     return resolve_instance(TEMPLATES, name, "prompt template", Template, lambda n, fn: Template(n, fn, PANGU_STOP))
 
 
+def training_text(template: Template, problem: Problem, codes: list[str],
+                  tokenizer: Any = None) -> tuple[str, list[str]]:
+    """What the student is trained on: (prompt text, [completion text per program]), the text it is
+    sampled with under `template`, so training, sampling and eval see one format.
+
+    Text templates: the rendered prompt, and each program as its continuation. A program that starts
+    with a code prompt (a body completed after HumanEval's signature, made whole by extraction)
+    continues with the rest of it, as it was sampled; any other program follows whole. Chat templates
+    (`tokenizer` needed): the tokenizer's chat template with the generation prompt, and each program as
+    the assistant's fenced answer, cut where the chat template ends the turn. The prompt holds no BOS
+    text when the tokenizer adds BOS itself, and a completion no EOS text (align.tokenization adds
+    both), so the token ids are the ones sampling uses (align.backends.base.encode_prompt).
+    """
+    rendered = template.render(problem)
+    if isinstance(rendered, str):
+        return rendered, [_continuation(rendered, code) for code in codes]
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"template {template.name!r} renders chat messages: training needs the student's "
+                         f"tokenizer with a chat template")
+    prompt = tokenizer.apply_chat_template(rendered, tokenize=False, add_generation_prompt=True)
+    completions = []
+    for code in codes:
+        answer = [{"role": "assistant", "content": f"```python\n{code.strip()}\n```"}]
+        whole = tokenizer.apply_chat_template(rendered + answer, tokenize=False)
+        if not whole.startswith(prompt):
+            raise ValueError(f"the chat template of {tokenizer.name_or_path!r} does not render the conversation "
+                             f"as the generation prompt followed by the answer; it cannot be trained on as text")
+        completion, eos = whole[len(prompt):].rstrip(), tokenizer.eos_token
+        if eos and completion.endswith(eos):
+            completion = completion[:-len(eos)].rstrip()
+        completions.append(completion)
+    bos = tokenizer.bos_token
+    if bos and prompt.startswith(bos) and _adds_bos(tokenizer):
+        prompt = prompt[len(bos):]
+    return prompt, completions
+
+
+def _continuation(prompt: str, code: str) -> str:
+    if is_code(prompt) and code.startswith(prompt) and code != prompt:
+        code = code[len(prompt):]
+    return code.strip("\n") + "\n"
+
+
+def _adds_bos(tokenizer: Any) -> bool:
+    ids = tokenizer("x")["input_ids"]
+    return bool(ids) and ids[0] == tokenizer.bos_token_id
+
+
 def generate(backend: Any, template: Template, problems: list[Problem], params: Any) -> list[list[str]]:
     """`params.n` completions per problem, in problem order: prompts rendered by `template`, each
     batch sharing one stop set (`params.stop` is replaced by the template's)."""

@@ -79,7 +79,6 @@ def check_names(cfg: RunConfig) -> None:
             checks.append((f"{where}.ref", check_ref, spec.ref))
         # validates names and options without importing the backend's library
         checks.append((f"{where}.backend", lambda s: generate.check_backend(s.backend, s.options), spec))
-    checks.append(("models.student.template", _check_trained_template, cfg.models.student.template))
     from align.datagen import evolve_spec
     from evol.llm_evolve import FRAMINGS
 
@@ -102,14 +101,6 @@ def check_names(cfg: RunConfig) -> None:
             fn(arg)
         except (UnknownNameError, ValueError, TypeError) as e:
             raise ConfigError(f"{where}: {e}") from None
-
-
-def _check_trained_template(name: str) -> None:
-    """Training formats every prompt as `pangu` (align.train.datasets, the collator), so a student
-    sampled with another template would be trained on prompts it never saw; refuse that at load."""
-    if name != "pangu":
-        raise ValueError(f"the student is trained on pangu-formatted prompts, so it must be sampled with "
-                         f"template pangu too, not {name!r} (a teacher may use any template)")
 
 
 def _check_world(t) -> None:

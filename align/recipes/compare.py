@@ -191,9 +191,11 @@ def run_job(job: dict) -> dict | None:
     try:
         if job["train"]:
             groups = read_jsonl(job["groups"], RankedGroup)
+            problems = {q.id: q for q in read_jsonl(run.path("problems.jsonl"), Problem)}
             run.stage(f"{job['stage']}-train", config=[cfg.method, asdict(cfg.train), job["init"]],
                       inputs=[job["groups"]], outputs=[job["out"]], fn=guarded(
-                          lambda: train_from_groups(cfg.train, cfg.method, groups, job["init"], out, cfg.ray_address)))
+                          lambda: train_from_groups(cfg.train, cfg.method, groups, job["init"], out, cfg.ray_address,
+                                                    template=cfg.models.student.template, problems=problems)))
         return _evaluate(run, job, cfg, out, evaluate_model, guarded)
     except NotFinished:
         return None
@@ -396,7 +398,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 4. One budget of optimizer steps for every arm, and what each arm's rows are.
     from align.recipes.rrtf import resolve_models
-    from align.train.datasets import build_rows
+    from align.train.launch import training_rows
 
     models = resolve_models(first, log)
     student = models[first.models.student.ref]
@@ -406,7 +408,7 @@ def main(argv: list[str] | None = None) -> dict:
     for a in arms:
         cfg = configs[a.name]
         groups = read_jsonl(group_files[cfg.rank.strategy], RankedGroup)
-        rows[a.name] = build_rows(cfg.train.dataset or cfg.method, groups, **cfg.train.dataset_args)
+        rows[a.name] = training_rows(cfg.train, cfg.method, groups, cfg.models.student.template, problems, student)
         if not rows[a.name]:
             p.exit(2, f"arm {a.name}: no training rows from {group_files[cfg.rank.strategy].name}\n")
         tokens[a.name] = response_tokens(rows[a.name], tokenizer)

@@ -206,7 +206,8 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
     out_dir = run.path(f"train/{method}")
     run.stage(f"train-{method}", config=[cfg.method, asdict(cfg.train), init],
               inputs=[run.path("ranked.jsonl")], outputs=[f"train/{method}"],
-              fn=lambda: train_from_groups(cfg.train, method, groups, init, out_dir, cfg.ray_address))
+              fn=lambda: train_from_groups(cfg.train, method, groups, init, out_dir, cfg.ray_address,
+                                           template=cfg.models.student.template, problems=problems))
     # The training rows as a dataset (Parquet + JSONL + card) that `datasets.load_dataset` opens.
     rows_file = run.path(f"train/{method}-rows.jsonl")
     if rows_file.exists():
@@ -240,7 +241,8 @@ def main(argv: list[str] | None = None, method: str = "rrtf", doc: str = __doc__
         rd.stage(f"train-{method}", config=[cfg.method, asdict(cfg.train), init_k,
                                             weights if cfg.loop.init == "trained" else None],
                  inputs=[rd.path("ranked.jsonl")], outputs=[f"train/{method}"],
-                 fn=lambda: train_from_groups(cfg.train, method, groups_k, init_k, out_k, cfg.ray_address))
+                 fn=lambda: train_from_groups(cfg.train, method, groups_k, init_k, out_k, cfg.ray_address,
+                                              template=cfg.models.student.template, problems=problems))
         run.results += [replace(r, name=f"round-{k}/{r.name}") for r in rd.results]
         trained.append(out_k)
 

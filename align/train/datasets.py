@@ -10,9 +10,11 @@
     sft   {prompt, completion}: rejection sampling, responses with status "passed" (best first,
           `per_prompt` of them, None = all distinct ones).
 
-Rank rows keep the raw prompt (the collator formats it); DPO/SFT rows carry the prompt already
-formatted by `format_prompt` and the code as `code + "\\n"` (TRL's trainers append EOS).
-Use: `build_rows("dpo", groups, pairing="all_pairs")`. Test: `pytest tests/align/test_train_datasets.py`.
+Every row holds the text the student is trained on, as it is sampled: `render_groups` first turns each
+group's prompt and programs into the student template's training text (align.templates.training_text;
+pangu: the spec in triple quotes, each program + "\\n"), and EOS is added at tokenisation.
+Use: `build_rows("dpo", render_groups(groups, template, problems), pairing="all_pairs")`.
+Test: `pytest tests/align/test_train_datasets.py`.
 """
 from __future__ import annotations
 
@@ -20,8 +22,9 @@ import inspect
 from itertools import combinations
 from typing import Callable, Iterable
 
-from align.prompting import format_prompt
-from rank.records import RankedGroup, ScoredResponse
+from dataclasses import replace
+
+from rank.records import Problem, RankedGroup, ScoredResponse
 
 
 def _ordered(group: RankedGroup) -> list[ScoredResponse]:
@@ -29,8 +32,18 @@ def _ordered(group: RankedGroup) -> list[ScoredResponse]:
     return sorted(group.responses, key=lambda r: (r.score, r.role == "teacher"), reverse=True)
 
 
-def _completion(code: str) -> str:
-    return code.strip("\n") + "\n"
+def render_groups(groups: Iterable[RankedGroup], template, problems: dict[str, Problem],
+                  tokenizer=None) -> list[RankedGroup]:
+    """The groups with prompt and programs replaced by the student's training text under `template`
+    (an align.templates.Template; `tokenizer` for chat templates). `problems`: id -> Problem."""
+    from align.templates import training_text
+    out = []
+    for g in groups:
+        if g.problem_id not in problems:
+            raise ValueError(f"ranked group {g.problem_id!r} has no problem in the run's problems")
+        prompt, texts = training_text(template, problems[g.problem_id], [r.code for r in g.responses], tokenizer)
+        out.append(replace(g, prompt=prompt, responses=[replace(r, code=t) for r, t in zip(g.responses, texts)]))
+    return out
 
 
 def _rank_row(group: RankedGroup, responses: list[ScoredResponse]) -> dict:
@@ -89,11 +102,9 @@ def dpo_rows(groups: Iterable[RankedGroup], pairing: str = "best_vs_worst", min_
     pair_fn = resolve(DPO_PAIRINGS, pairing, "DPO pairing")
     rows = []
     for g in groups:
-        prompt = format_prompt(g.prompt)
         for chosen, rejected in pair_fn(_ordered(g)):
             if chosen.score - rejected.score > min_gap and chosen.code.strip() != rejected.code.strip():
-                rows.append({"prompt": prompt, "chosen": _completion(chosen.code),
-                             "rejected": _completion(rejected.code)})
+                rows.append({"prompt": g.prompt, "chosen": chosen.code, "rejected": rejected.code})
     return rows
 
 
@@ -107,7 +118,7 @@ def sft_rows(groups: Iterable[RankedGroup], per_prompt: int | None = 1) -> list[
             if r.status != "passed" or not code or code in seen:
                 continue
             seen.add(code)
-            rows.append({"prompt": format_prompt(g.prompt), "completion": _completion(r.code)})
+            rows.append({"prompt": g.prompt, "completion": r.code})
             if per_prompt is not None and len(seen) >= per_prompt:
                 break
     return rows

@@ -2,7 +2,7 @@
 
     from align.train.launch import train_from_groups
     stats = train_from_groups(cfg.train, "rrtf", groups, init="/abs/student", out_dir=run.path("train/rrtf"),
-                              ray_address=cfg.ray_address)
+                              ray_address=cfg.ray_address, template="pangu", problems=problems)
 
 `train` is the recipe's `train:` section (align.recipes.loop_config.TrainConfig): `launcher` inprocess |
 torchrun | ray, `num_workers` processes over `num_nodes` nodes, `args`/`trl` merged once
@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from align.train.config import RANK_METHODS, rank_max_length, trainer_options
-from align.train.datasets import build_rows
+from align.train.datasets import build_rows, render_groups
 from align.train.distributed import JobSpec, launch
-from rank.records import RankedGroup, write_jsonl
+from rank.records import Problem, RankedGroup, write_jsonl
 
 
 def job_spec(train: Any, method: str, init: str, rows_path: str | Path, out_dir: str | Path) -> JobSpec:
@@ -44,13 +44,28 @@ def _fields(args: Any) -> dict[str, Any]:
     return dataclasses.asdict(args) if dataclasses.is_dataclass(args) else dict(args or {})
 
 
+def training_rows(train: Any, method: str, groups: Iterable[RankedGroup], template: str,
+                  problems: dict[str, Problem], tokenizer_path: str) -> list[dict]:
+    """`method`'s rows (train.dataset's builder) from the groups as the student's training text under
+    its sampling `template` (the tokenizer is loaded only for a chat template)."""
+    from align.templates import get_template
+    groups = list(groups)
+    tpl = get_template(template)
+    tokenizer = None
+    if groups and groups[0].problem_id in problems and not isinstance(tpl.render(problems[groups[0].problem_id]), str):
+        from transformers import AutoTokenizer
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    return build_rows(train.dataset or method, render_groups(groups, tpl, problems, tokenizer), **train.dataset_args)
+
+
 def train_from_groups(train: Any, method: str, groups: Iterable[RankedGroup], init: str, out_dir: str | Path,
-                      ray_address: str | None = None) -> dict[str, Any]:
-    """Build `method`'s rows from ranked groups, write them beside out_dir, train `init` into out_dir.
+                      ray_address: str | None = None, *, template: str, problems: dict[str, Problem]) -> dict[str, Any]:
+    """Build `method`'s rows from ranked groups (as text in the student's `template`), write them beside
+    out_dir, train `init` into out_dir.
 
     Returns {"rows": n, **trainer metrics} (global_step, train_loss, resumed_from, truncation_*, ...).
     """
-    rows = build_rows(train.dataset or method, groups, **train.dataset_args)
+    rows = training_rows(train, method, groups, template, problems, init)
     if not rows:
         raise RuntimeError(f"no training rows for {method}: every group was dropped by the ranking "
                            f"strategy or the builder (see ranked.jsonl)")

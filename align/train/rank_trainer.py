@@ -1,8 +1,9 @@
 """RankTrainer: RRTF/RRHF ranking losses on a plain `transformers.Trainer` (so DeepSpeed and PEFT plug in).
 
-Rows: {prompt, responses: [code, ...], scores: [...], roles: [...] (optional)}, e.g. from
-`align.train.datasets.rrtf_rows`. The collator formats the prompt with `format_prompt`, appends EOS to
-each response, and truncates to `max_length` per (prompt, response) without ever emptying a response.
+Rows: {prompt, responses: [text, ...], scores: [...], roles: [...] (optional)}, e.g. from
+`align.train.datasets.rrtf_rows`: the student's training text (align.templates.training_text), which the
+collator tokenises as it is (align.tokenization: BOS where the model has one, EOS after each response)
+and truncates to `max_length` per (prompt, response) without ever emptying a response.
 The loss is `losses.LOSSES[loss_config.loss]` on per-response log-probs from `packing.response_logps`
 (the prompt's computation shared by its k responses through the KV cache or a packed row with a block
 mask, when the model allows; naive padded rows otherwise). The loss parts are logged next to `loss`:
@@ -25,7 +26,6 @@ from typing import Any
 import torch
 from transformers import Trainer
 
-from align.prompting import format_prompt
 from align.tokenization import encode, eos_id
 from align.train.checkpoints import fit, peft_model, zero3_checkpointing
 from align.train.config import DEFAULT_RANK_MAX_LENGTH, rank_loss_config
@@ -68,7 +68,7 @@ class RankCollator:
         responses, scores = row.get("responses"), row.get("scores")
         if not isinstance(row.get("prompt"), str) or not responses or len(scores or []) != len(responses):
             raise ValueError(f"rank row needs 'prompt', non-empty 'responses' and as many 'scores'; got keys {sorted(row)}")
-        return encode(self.tokenizer, format_prompt(row["prompt"]), [code.strip("\n") + "\n" for code in responses])
+        return encode(self.tokenizer, row["prompt"], list(responses))
 
     def encode(self, row: dict) -> tuple[list[int], list[list[int]], list[float], list[bool]]:
         prompt, resp = self.tokens(row)

@@ -5,7 +5,7 @@
               {"beta": 0.1, "max_steps": 100, "per_device_train_batch_size": 4})
     train_sft("runs/x/model", [{"prompt": p, "completion": c}], "runs/x/sft", {"packing": True})
 
-Prompts arrive already wrapped by `align.prompting.format_prompt`. `config` holds overrides of TRL's own
+Rows hold the student's training text (align.templates.training_text: its sampling template). `config` holds overrides of TRL's own
 `DPOConfig`/`SFTConfig` (which subclass `transformers.TrainingArguments`): options are passed through,
 never mirrored here, so any TRL option (loss_type, packing, gradient_checkpointing, deepspeed, ...) works
 and an unknown one is TRL's error, re-raised naming the key with close matches. Under torchrun or Ray Train

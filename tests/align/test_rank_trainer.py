@@ -12,7 +12,6 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from align.prompting import format_prompt  # noqa: E402
 from align.train.losses import RankLossConfig  # noqa: E402
 from align.train.rank_trainer import RankTrainer, rank_collator, train_rank, truncate  # noqa: E402
 
@@ -54,15 +53,15 @@ def args(tmp_path, **kw):
     return transformers.TrainingArguments(**{**base, **kw})
 
 
-def test_collator_formats_appends_eos_and_pads_ragged(tokenizer):
+def test_collator_keeps_the_text_appends_eos_and_pads_ragged(tokenizer):
     batch = rank_collator(tokenizer, max_length=64)(ROWS[:2])
     eos = tokenizer.eos_token_id
     assert batch["response_ids"].shape[:2] == (2, 3) and batch["response_lens"][1, 2] == 0
     p = int(batch["prompt_lens"][0])
-    assert tokenizer.decode(batch["prompt_ids"][0, :p]) == format_prompt(ROWS[0]["prompt"])
+    assert tokenizer.decode(batch["prompt_ids"][0, :p]) == ROWS[0]["prompt"]     # the rows hold the model's text
     n = int(batch["response_lens"][0, 0])
     assert batch["response_ids"][0, 0, n - 1] == eos
-    assert tokenizer.decode(batch["response_ids"][0, 0, :n - 1]) == ROWS[0]["responses"][0] + "\n"
+    assert tokenizer.decode(batch["response_ids"][0, 0, :n - 1]) == ROWS[0]["responses"][0]
     assert batch["teacher"].tolist() == [[True, False, False], [True, False, False]]
     assert batch["scores"][0].tolist() == [3.0, 2.0, 0.0]
 

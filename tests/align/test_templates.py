@@ -81,3 +81,54 @@ def test_user_templates_and_unknown_names():
         get_template("alpacca")
     with pytest.raises(UnknownNameError, match="has no attribute"):
         get_template(f"{__name__}:nothing")
+
+
+# ------------------------------------------------------------------ training text (what the student is trained on)
+
+def test_training_text_is_what_the_student_is_sampled_with():
+    from align.templates import training_text
+
+    whole = "def add(a, b):\n    return a + b\n"
+    prompt, (c,) = training_text(get_template("pangu"), NL, ["\n" + whole + "\n\n"])
+    assert (prompt, c) == (format_prompt(NL.prompt), whole)          # the spec quoted, the program + "\n"
+    alpaca, (c,) = training_text(get_template("alpaca"), NL, [whole])
+    assert alpaca == get_template("alpaca").render(NL) and c == whole
+    # A HumanEval prompt is continued: a program made whole from a sampled body is trained as that body;
+    # a program written whole (another model's, another template's) follows the prompt whole, as
+    # extraction would read it back.
+    body = "    return sorted(numbers)[0]\n"
+    prompt, (c_body, c_whole) = training_text(get_template("completion"), HE, [HE.prompt + body, whole])
+    assert prompt == HE.prompt and c_body == body and c_whole == whole
+    assert get_template("completion").extract(HE, c_body) == HE.prompt + body
+
+
+def _chat_tokenizer(adds_bos: bool):
+    from tokenizers.processors import TemplateProcessing
+
+    from align.prompting import EOS
+    from align.standin import CHAT_TEMPLATE
+    from align.tiny import train_tokenizer
+
+    tok = train_tokenizer(["def add(a, b):\n    return a + b\n", NL.prompt, "```python\n```"], vocab_size=300)
+    tok.chat_template = "{{ bos_token }}" + CHAT_TEMPLATE + "{% if not add_generation_prompt %}{{ eos_token }}{% endif %}"
+    if adds_bos:    # as Llama's tokenizers: BOS added to every text, and written by the chat template too
+        tok._tokenizer.post_processor = TemplateProcessing(single=f"{EOS} $A", special_tokens=[(EOS, tok.eos_token_id)])
+    return tok
+
+
+@pytest.mark.parametrize("adds_bos", [False, True])
+def test_chat_training_text_tokenises_as_sampling_does(adds_bos):
+    from align.backends.base import encode_prompt
+    from align.templates import training_text
+    from align.tokenization import encode
+
+    tok = _chat_tokenizer(adds_bos)
+    chat = get_template("chat")
+    prompt, (completion,) = training_text(chat, NL, ["def add(a, b):\n    return a + b\n"], tok)
+    assert completion == "```python\ndef add(a, b):\n    return a + b\n```"    # the answer asked for, no EOS text
+    ids, (resp,) = encode(tok, prompt, [completion])
+    assert ids == encode_prompt(tok, chat.render(NL))                      # one BOS, the sampler's very tokens
+    assert resp[-1] == tok.eos_token_id and resp.count(tok.eos_token_id) == 1
+    assert chat.extract(NL, completion) == "def add(a, b):\n    return a + b\n"
+    with pytest.raises(ValueError, match="needs the student's tokenizer"):
+        training_text(chat, NL, ["x"])

@@ -44,10 +44,9 @@ def test_rank_collator_trains_on_what_sampling_sees(llama_tokenizer):
     tok = llama_tokenizer
     batch = rank_collator(tok, max_length=256)([ROW])
     p, n = int(batch["prompt_lens"][0]), int(batch["response_lens"][0, 0])
-    assert batch["prompt_ids"][0, :p].tolist() == prompt_ids(tok, format_prompt(ROW["prompt"]))
+    assert batch["prompt_ids"][0, :p].tolist() == prompt_ids(tok, ROW["prompt"])
     assert batch["prompt_ids"][0, 0] == tok.bos_token_id
-    assert batch["response_ids"][0, 0, :n].tolist() == encode(tok, format_prompt(ROW["prompt"]),
-                                                                [ROW["responses"][0] + "\n"])[1][0]
+    assert batch["response_ids"][0, 0, :n].tolist() == encode(tok, ROW["prompt"], [ROW["responses"][0]])[1][0]
 
 
 def test_sampling_encodes_prompts_by_the_same_rule(llama_tokenizer):

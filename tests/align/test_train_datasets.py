@@ -6,7 +6,6 @@ import sys
 
 import pytest
 
-from align.prompting import format_prompt
 from align.train.datasets import BUILDERS, DPO_PAIRINGS, build_rows, dpo_rows, rrhf_rows, rrtf_rows, sft_rows
 from rank.records import RankedGroup, ScoredResponse
 
@@ -23,7 +22,7 @@ def group(*responses, pid="p1", prompt="Add two numbers.\ndef add(a, b):"):
 def test_rrtf_keeps_pairs_with_teacher_at_least_as_good_and_ties():
     g = group(resp("t", 2.5, "teacher"), resp("s_tie", 2.5), resp("s_low", 1.0), resp("s_high", 3.0))
     (row,) = rrtf_rows([g])
-    assert row["prompt"] == g.prompt                           # raw: the collator formats it
+    assert row["prompt"] == g.prompt                           # as rendered by render_groups
     assert row["responses"] == ["t", "s_tie", "s_low"]         # s_high beats every teacher: no pair, dropped
     assert row["scores"] == [2.5, 2.5, 1.0]
     assert row["roles"] == ["teacher", "student", "student"]   # on a tie the teacher ranks first
@@ -45,10 +44,9 @@ def test_rrhf_lists_all_responses_best_first():
 
 def test_dpo_pairings_and_ties():
     g = group(resp("t", 3.0, "teacher"), resp("s1", 3.0), resp("s2", 1.0), resp("s3", 0.0))
-    prompt = format_prompt(g.prompt)
-    assert dpo_rows([g], "best_vs_worst") == [{"prompt": prompt, "chosen": "t\n", "rejected": "s3\n"}]
+    assert dpo_rows([g], "best_vs_worst") == [{"prompt": g.prompt, "chosen": "t", "rejected": "s3"}]
     tvs = dpo_rows([g], "teacher_vs_student")
-    assert [(r["chosen"], r["rejected"]) for r in tvs] == [("t\n", "s2\n"), ("t\n", "s3\n")]   # tie t/s1: no pair
+    assert [(r["chosen"], r["rejected"]) for r in tvs] == [("t", "s2"), ("t", "s3")]   # tie t/s1: no pair
     allp = dpo_rows([g], "all_pairs")
     assert len(allp) == 5                                        # 6 pairs minus the tie
     assert all(r["chosen"] != r["rejected"] for r in allp)
@@ -61,7 +59,7 @@ def test_sft_best_of_passed_only():
     g = group(resp("\ndef add(a, b):\n    return a + b\n\n", 3.0), resp("def add(a, b): return a+b", 3.0, "teacher"),
               resp("x", 2.0))
     (row,) = sft_rows([g])
-    assert row == {"prompt": format_prompt(g.prompt), "completion": "def add(a, b): return a+b\n"}
+    assert row == {"prompt": g.prompt, "completion": "def add(a, b): return a+b"}
     assert len(sft_rows([g], per_prompt=None)) == 2
     assert sft_rows([group(resp("x", 2.0))]) == []
 
