@@ -58,11 +58,30 @@ class Progress:
 def start_actors(cls: type, args: tuple, count: int, resources: dict[str, float], *,
                  max_restarts: int = 2, max_task_retries: int = 2) -> list:
     """`count` Ray actors of `cls(*args)`, each asking for `resources` (num_cpus, num_gpus: Ray then
-    sets CUDA_VISIBLE_DEVICES for it) and restarted when its process dies."""
+    sets CUDA_VISIBLE_DEVICES for it) and restarted when its process dies.
+
+    More actors than the whole cluster can hold is a ValueError here: Ray would keep the extra ones
+    pending, and a shard given to one of them would never finish (actor_map waits on every shard).
+    The check reads the cluster's current size, so an autoscaling cluster must be scaled up first.
+    """
     import ray
 
+    check_capacity(f"{count} x {cls.__name__}", count, resources, ray.cluster_resources())
     remote = ray.remote(cls).options(**resources, max_restarts=max_restarts, max_task_retries=max_task_retries)
     return [remote.remote(*args) for _ in range(count)]
+
+
+def check_capacity(what: str, count: int, resources: dict[str, Any], cluster: dict[str, float]) -> None:
+    """ValueError when `count` actors asking for `resources` each (Ray's num_cpus, num_gpus, resources)
+    cannot all be placed at once on a cluster of `cluster` totals (ray.cluster_resources())."""
+    need = {"CPU": resources.get("num_cpus", 1), "GPU": resources.get("num_gpus", 0),
+            **(resources.get("resources") or {})}
+    for name, each in need.items():
+        have = cluster.get(name, 0.0)
+        if each and each * count > have:
+            raise ValueError(f"{what} need {each:g} {name} each, {each * count:g} in all, but the Ray cluster has "
+                             f"{have:g}: the rest would wait forever. Ask for fewer replicas (models.<entry>."
+                             f"replicas) or fewer GPUs per replica, or add nodes to the cluster")
 
 
 def _apply(fn: Callable[[list], list], shard: list) -> list:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from align.fanout import Progress, actor_map, init_ray, ray_map, start_actors
+from align.fanout import Progress, actor_map, check_capacity, init_ray, ray_map, start_actors
 from align.generate import backend_resources
 
 ray = pytest.importorskip("ray")
@@ -38,6 +38,25 @@ def test_progress_logs_done_total_and_rate():
     p.update(6)
     assert lines[0].startswith("sample: 4/10 problems (") and "/s, eta " in lines[0]
     assert lines[-1].startswith("sample: 10/10 problems (") and "eta" not in lines[-1]
+
+
+def test_more_replicas_than_the_cluster_holds_is_an_error_not_a_hang():
+    cluster = {"CPU": 16.0, "GPU": 8.0}
+    vllm_tp2 = backend_resources("vllm", {"tensor_parallel_size": 2})
+    check_capacity("4 x Sampler", 4, vllm_tp2, cluster)                       # 8 GPUs: fits exactly
+    with pytest.raises(ValueError, match=r"need 2 GPU each, 10 in all, but the Ray cluster has 8"):
+        check_capacity("5 x Sampler", 5, vllm_tp2, cluster)
+    with pytest.raises(ValueError, match=r"need 1 CPU each, 17 in all"):
+        check_capacity("17 x Sampler", 17, {"num_cpus": 1}, cluster)
+    check_capacity("3 x Sampler", 3, {"num_cpus": 0.5}, {"CPU": 2.0})
+
+
+@pytest.mark.slow
+def test_start_actors_refuses_what_the_local_cluster_cannot_place(local_ray):
+    class Probe:
+        pass
+    with pytest.raises(ValueError, match=r"3 x Probe need 2 GPU each, 6 in all, but the Ray cluster has 2"):
+        start_actors(Probe, (), 3, {"num_cpus": 0.5, "num_gpus": 2})
 
 
 @pytest.mark.slow
