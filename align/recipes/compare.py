@@ -89,6 +89,19 @@ def difference(a: list[float], b: list[float]) -> dict | None:
             "separated": lo > 0 or hi < 0}
 
 
+def paired_difference(a: dict[int, float], b: dict[int, float]) -> dict | None:
+    """The 95% interval of the mean per-seed difference a[s] - b[s] over the training seeds both arms ran
+    (paired t, n-1 df): arms trained with the same seed share the initial weights and the sampler's data
+    order, so their difference varies less than either arm. None with fewer than two shared seeds."""
+    shared = sorted(set(a) & set(b))
+    if len(shared) < 2:
+        return None
+    d = [a[s] - b[s] for s in shared]
+    mean, half = statistics.fmean(d), t975(len(d) - 1) * statistics.stdev(d) / math.sqrt(len(d))
+    return {"diff": round(mean, 4), "ci95": [round(mean - half, 4), round(mean + half, 4)], "n": len(d),
+            "separated": mean - half > 0 or mean + half < 0}
+
+
 # ------------------------------------------------------------------ arms
 
 @dataclass
@@ -276,11 +289,17 @@ def markdown(report: dict) -> str:
     if report.get("not_finished"):
         lines += ["", f"Not finished (left out): {', '.join(report['not_finished'])}."]
     if report["differences"]:
-        lines += ["", f"Differences against {report['baseline']} (Welch 95% interval; separated = excludes 0):", "",
-                  "| arm | mean difference | 95% interval | separated |", "|---|---|---|---|"]
+        lines += ["", f"Differences against {report['baseline']} (95% intervals; separated = excludes 0). Welch: "
+                  "the two arms' seeds as independent samples; paired: per training seed (same initial weights "
+                  "and data order), over the seeds both ran:", "",
+                  "| arm | mean difference | Welch 95% interval | separated | paired 95% interval (seeds) | separated |",
+                  "|---|---|---|---|---|---|"]
         for name, d in report["differences"].items():
+            pd = report.get("paired", {}).get(name)
+            paired = (f"[{pd['ci95'][0]:+.3f}, {pd['ci95'][1]:+.3f}] ({pd['n']}) | {'yes' if pd['separated'] else 'no'}"
+                      if pd else "- | -")
             lines.append(f"| {name} | {d['diff']:+.3f} | [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] | "
-                         f"{'yes' if d['separated'] else 'no'} |")
+                         f"{'yes' if d['separated'] else 'no'} | {paired} |")
     return "\n".join(lines) + "\n"
 
 
@@ -456,7 +475,7 @@ def main(argv: list[str] | None = None) -> dict:
                                         "initial weights (the student)", "sampled data (the run's)"],
                          "not_equal": ["response tokens seen (shown: a rank row holds every response of a prompt, "
                                        "a DPO row two, an SFT row one)"]},
-              "arms": {}, "reference": {}, "differences": {}, "not_finished": missing}
+              "arms": {}, "reference": {}, "differences": {}, "paired": {}, "not_finished": missing}
     for a in arms:
         if a.name not in per_arm:
             continue
@@ -477,9 +496,13 @@ def main(argv: list[str] | None = None) -> dict:
     report["baseline"] = baseline
     if baseline:
         for name, a in report["arms"].items():
-            d = difference(a["seeds"], report["arms"][baseline]["seeds"]) if name != baseline else None
+            base = report["arms"][baseline]
+            d = difference(a["seeds"], base["seeds"]) if name != baseline else None
             if d:
                 report["differences"][name] = d
+                pd = paired_difference(dict(zip(a["seed_ids"], a["seeds"])), dict(zip(base["seed_ids"], base["seeds"])))
+                if pd:
+                    report["paired"][name] = pd
     write_outputs(out, report)
     print("\n" + markdown(report))
     print(f"artifacts in {out}")

@@ -33,6 +33,17 @@ def test_welch_difference():
     assert compare.difference([0.5], [0.5, 0.6]) is None
 
 
+def test_paired_difference_over_shared_seeds():
+    # by hand: per-seed differences 0.05, 0.06, 0.04 -> mean 0.05, sd 0.01, half 4.303 * 0.01 / sqrt(3) = 0.0248
+    a, b = {0: 0.55, 1: 0.58, 2: 0.59, 3: 0.9}, {0: 0.50, 1: 0.52, 2: 0.55}     # seed 3 has no partner
+    d = compare.paired_difference(a, b)
+    assert d["n"] == 3 and d["diff"] == pytest.approx(0.05, abs=1e-4)
+    assert d["ci95"] == pytest.approx([0.0252, 0.0748], abs=2e-4) and d["separated"]
+    # the same numbers as independent samples do not separate (Welch), the pairing is what narrows it
+    assert not compare.difference([0.55, 0.58, 0.59], [0.50, 0.52, 0.55])["separated"]
+    assert compare.paired_difference({0: 0.5}, {0: 0.4, 1: 0.3}) is None
+
+
 def test_arms_from_methods_and_variants():
     arms = compare.parse_arms(["rrtf", "sft"], ["norank:train.loss_args.rank_weight=0",
                                                 "rrtf/lr:train.args.learning_rate=1e-4;train.args.seed=3",
@@ -100,7 +111,8 @@ def test_compare_end_to_end_on_a_ci_sized_run(tmp_path, monkeypatch):
         assert len(arm["seeds"]) == 2 and all(0 <= s <= 1 for s in arm["seeds"])
         assert arm["n_problems"] == 8 and arm["std"] is not None and len(arm["ci95"]) == 2
     assert saved["budget"]["optimizer_steps"] == 2 and set(saved["reference"]) == {"student", "teacher"}
-    assert set(saved["differences"]) == {"rrtf", "rrtf/norank"}
+    assert set(saved["differences"]) == {"rrtf", "rrtf/norank"} and set(saved["paired"]) == {"rrtf", "rrtf/norank"}
+    assert saved["paired"]["rrtf"]["n"] == 2 and "paired 95% interval" in (out / "compare.md").read_text()
     assert (out / "compare.md").exists() and (out / "compare.png").exists()
     stages = json.loads((run_dir / "stages" / "compare-compare-rrtf--norank-s1-train.json").read_text())
     assert stages["stats"]["global_step"] == 2 and stages["stats"]["last_rank_loss"] >= 0
