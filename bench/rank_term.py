@@ -5,7 +5,8 @@
 
 For each model (no training): over the RRTF pairs of the rows (teacher i over student j, r_i >= r_j),
 the fraction whose hinge max(0, p_j - p_i) is non-zero (only those pairs give the rank term a gradient),
-the rank loss and the fine-tuning loss with the default RankLossConfig and their ratio; and, since a
+the rank loss and the fine-tuning loss with the default RankLossConfig (or `--rank-reduction`) and
+their ratio; and, since a
 small loss value can still carry a large gradient, the gradient norm of each term over the whole set
 and the cosine between the two gradients (near 1: the rank term pushes where the cross-entropy already
 does).
@@ -18,7 +19,8 @@ import json
 import torch
 
 
-def measure(model_path: str, rows: list[dict], batch_size: int = 8, max_length: int = 256) -> dict:
+def measure(model_path: str, rows: list[dict], batch_size: int = 8, max_length: int = 256,
+            rank_reduction: str = "pair") -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from align.train.losses import RankLossConfig, rrtf_loss, sequence_scores
@@ -28,7 +30,7 @@ def measure(model_path: str, rows: list[dict], batch_size: int = 8, max_length: 
     tok = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path).eval()
     collate = rank_collator(tok, max_length)
-    cfg = RankLossConfig()
+    cfg = RankLossConfig(rank_reduction=rank_reduction)
     active = pairs = 0
     rank = ft = 0.0
     params = [q for q in model.parameters() if q.requires_grad]
@@ -55,7 +57,7 @@ def measure(model_path: str, rows: list[dict], batch_size: int = 8, max_length: 
     flat = {k: torch.cat([g.flatten() for g in v]) for k, v in grads.items()}
     norm = {k: float(v.norm()) for k, v in flat.items()}
     cos = float(torch.nn.functional.cosine_similarity(flat["rank_loss"], flat["ft_loss"], dim=0))
-    return {"model": model_path, "pairs": pairs, "active_frac": round(active / max(pairs, 1), 4),
+    return {"model": model_path, "rank_reduction": rank_reduction, "pairs": pairs, "active_frac": round(active / max(pairs, 1), 4),
             "rank_loss": round(rank / n, 5), "ft_loss": round(ft / n, 5),
             "rank_over_ft": round(rank / ft, 4) if ft else None, "grad_norm_rank": round(norm["rank_loss"], 5),
             "grad_norm_ft": round(norm["ft_loss"], 5), "grad_cosine": round(cos, 4)}
@@ -66,11 +68,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rows", required=True, help="RRTF rows (JSONL), e.g. <run>/train/rrtf-rows.jsonl")
     ap.add_argument("--model", action="append", required=True, help="model directory (repeatable)")
     ap.add_argument("--limit", type=int, default=None, help="first N rows only")
+    ap.add_argument("--rank-reduction", action="append", default=None, choices=["pair", "prompt", "sum"],
+                    help="reduction of the rank term (repeatable; default: pair, the preset's)")
     args = ap.parse_args(argv)
     with open(args.rows) as fh:
         rows = [json.loads(line) for line in fh if line.strip()][:args.limit]
     for path in args.model:
-        print(json.dumps(measure(path, rows)))
+        for reduction in args.rank_reduction or ["pair"]:
+            print(json.dumps(measure(path, rows, rank_reduction=reduction)))
 
 
 if __name__ == "__main__":
