@@ -138,7 +138,9 @@ def training_text(template: Template, problem: Problem, codes: list[str],
 
 def _continuation(prompt: str, code: str) -> str:
     if is_code(prompt) and code.startswith(prompt) and code != prompt:
-        code = code[len(prompt):]
+        rest = code[len(prompt):]
+        # A prompt without a final newline was continued by one: keep it, or the body joins the docstring.
+        return (rest.lstrip("\n") if prompt.endswith("\n") else "\n" + rest.lstrip("\n")).rstrip("\n") + "\n"
     return code.strip("\n") + "\n"
 
 

@@ -100,6 +100,10 @@ def test_training_text_is_what_the_student_is_sampled_with():
     prompt, (c_body, c_whole) = training_text(get_template("completion"), HE, [HE.prompt + body, whole])
     assert prompt == HE.prompt and c_body == body and c_whole == whole
     assert get_template("completion").extract(HE, c_body) == HE.prompt + body
+    bare = Problem(id="b", prompt=HE.prompt.rstrip("\n"), entry_point=HE.entry_point, tests=HE.tests)
+    made_whole = get_template("completion").extract(bare, body)                     # prompt + "\n" + body
+    prompt, (c,) = training_text(get_template("completion"), bare, [made_whole])
+    assert prompt + c == made_whole                                                 # the body stays on its own line
 
 
 def _chat_tokenizer(adds_bos: bool):
